@@ -1,0 +1,179 @@
+"""Phase 1 LightningModule: the KL-autoencoder and its PatchGAN, trained with two optimizers.
+
+Manual optimisation, both steps on the same batch (Esser et al. 2021; Rombach et al. 2022 §3):
+  1. autoencoder (+ learned logvar): rec/LPIPS NLL + KL + adaptive-weighted generator loss;
+  2. discriminator on real vs *detached* reconstructions (only from `disc_start` on).
+Gradient accumulation, clipping, LR schedules and EMA are implemented here, because Lightning
+leaves them to the module under manual optimisation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
+from ldm_train.autoencoder.export import export_autoencoder
+from ldm_train.autoencoder.losses import AutoencoderLoss
+from ldm_train.lit.ema import EMA
+from ldm_train.lit.latent_stats import estimate_latent_std
+
+log = logging.getLogger(__name__)
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class AutoencoderModule(L.LightningModule):
+    def __init__(
+        self,
+        autoencoder: AutoencoderKL,
+        loss: AutoencoderLoss,
+        optimizer: OptimizerFactory,
+        disc_optimizer: OptimizerFactory,
+        lr_scheduler: SchedulerFactory | None = None,
+        grad_clip: float | None = None,
+        accumulate_grad_batches: int = 1,
+        ema_decay: float | None = None,
+        latent_scale_batches: int = 16,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.autoencoder = autoencoder
+        self.loss = loss
+        self.optimizer_factory = optimizer
+        self.disc_optimizer_factory = disc_optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.grad_clip = grad_clip
+        self.accumulate = accumulate_grad_batches
+        self.ema = EMA(autoencoder, ema_decay) if ema_decay else None
+        self.latent_scale_batches = latent_scale_batches
+        # Validation metrics on images mapped to [0, 1]; reduced over all ranks by torchmetrics.
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_lpips = MeanMetric()
+        self.val_rec = MeanMetric()
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        ae_params = list(self.autoencoder.parameters()) + list(self.loss.generator_parameters())
+        opt_ae = self.optimizer_factory(ae_params)
+        opt_d = self.disc_optimizer_factory(list(self.loss.discriminator_parameters()))
+        if self.lr_scheduler_factory is None:
+            return [opt_ae, opt_d]
+        total = int(self.trainer.estimated_stepping_batches) // self.accumulate
+        scheduler = self.lr_scheduler_factory(opt_ae, total_steps=total)
+        return [opt_ae, opt_d], [{"scheduler": scheduler, "interval": "step"}]
+
+    @property
+    def step(self) -> int:
+        """Autoencoder optimizer steps taken (= trainer.global_step; see `_step_discriminator`)."""
+        return self.global_step
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        x = batch["image"]  # B×3×H×W in [-1, 1]
+        opt_ae, opt_d = self.optimizers()
+        boundary = (batch_idx + 1) % self.accumulate == 0
+        step = self.step
+
+        recon, posterior = self.autoencoder(x)
+        g_loss, logs = self.loss.generator_loss(x, recon, posterior, step, self.autoencoder.last_layer)
+        self.manual_backward(g_loss / self.accumulate)
+        if boundary:
+            logs["grad_norm/autoencoder"] = self._clip_and_norm(opt_ae)
+            opt_ae.step()
+            opt_ae.zero_grad(set_to_none=True)
+            scheduler = self.lr_schedulers()
+            if scheduler is not None:
+                scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.autoencoder)
+                logs["ema_decay"] = torch.tensor(self.ema.current_decay())
+
+        if self.loss.discriminator_active(step):
+            d_loss, d_logs = self.loss.discriminator_loss(x, recon.detach(), step)
+            self.manual_backward(d_loss / self.accumulate)
+            logs.update(d_logs)
+            if boundary:
+                logs["grad_norm/discriminator"] = self._clip_and_norm(opt_d)
+                self._step_discriminator(opt_d)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, on_step=True)
+        self.log("train/rec", logs["rec"], prog_bar=True, on_step=True)
+
+    def _step_discriminator(self, opt_d) -> None:
+        # Lightning counts every LightningOptimizer.step() in global_step; stepping the wrapped
+        # optimizer directly keeps global_step = autoencoder steps, so `max_steps` and
+        # `disc_start` mean what they say. (No fp16 grad scaler here: use bf16-mixed or fp32.)
+        opt_d.optimizer.step()
+        opt_d.zero_grad(set_to_none=True)
+
+    def _clip_and_norm(self, optimizer) -> torch.Tensor:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        max_norm = self.grad_clip if self.grad_clip is not None else float("inf")
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def on_fit_start(self) -> None:
+        if self.trainer.precision in ("16-mixed", "16"):
+            raise ValueError(
+                "stage=autoencoder does not support fp16 (two manually stepped optimizers would need two "
+                "grad scalers). Use trainer.precision=bf16-mixed or 32-true."
+            )
+
+    # -- validation -----------------------------------------------------------------------------
+    @property
+    def eval_autoencoder(self) -> AutoencoderKL:
+        """The weights used for validation, images and export: the EMA when there is one."""
+        return self.ema.shadow if self.ema is not None else self.autoencoder
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x = batch["image"]
+        net = self.eval_autoencoder
+        recon = net.decode(net.encode(x).mode()).clamp(-1, 1)
+        l1 = (x - recon).abs().mean(dim=(1, 2, 3))
+        rec = l1
+        if self.loss.perceptual is not None:
+            lp = self.loss.perceptual(x, recon).flatten()
+            self.val_lpips.update(lp)
+            rec = l1 + self.loss.perceptual_weight * lp
+        self.val_rec.update(rec)
+        x01, r01 = (x + 1) / 2, (recon + 1) / 2
+        self.val_psnr.update(r01, x01)
+        self.val_ssim.update(r01, x01)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/rec_loss", self.val_rec.compute(), prog_bar=True, sync_dist=False)
+        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True)
+        self.log("val/ssim", self.val_ssim.compute())
+        if self.loss.perceptual is not None:
+            self.log("val/lpips", self.val_lpips.compute())
+        for metric in (self.val_rec, self.val_psnr, self.val_ssim, self.val_lpips):
+            metric.reset()
+
+    # -- images, latent scale, export ---------------------------------------------------------------
+    @torch.no_grad()
+    def log_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        x = batch["image"]
+        net = self.eval_autoencoder
+        recon = net.decode(net.encode(x).mode()).clamp(-1, 1)
+        return {"inputs": x, "reconstructions": recon, "abs_difference": (x - recon).abs() - 1}
+
+    def on_train_end(self) -> None:
+        loader = self.trainer.train_dataloader
+        if loader is not None and self.latent_scale_batches > 0:
+            self.set_latent_scale(loader, self.latent_scale_batches)
+        if self.trainer.is_global_zero:
+            path = export_autoencoder(self.eval_autoencoder, self.trainer.default_root_dir)
+            log.info("Exported the autoencoder for phase 2: %s", path)
+
+    @torch.no_grad()
+    def set_latent_scale(self, loader, num_batches: int) -> float:
+        """Latent scale = 1/std of the posterior samples over `num_batches` of every rank."""
+        std = estimate_latent_std(self.eval_autoencoder, loader, num_batches, self.device, self.trainer.strategy)
+        for net in {id(m): m for m in (self.autoencoder, self.eval_autoencoder)}.values():
+            net.latent_norm.set_scale(1.0 / std)
+        self.print(f"Latent std {std:.4f} → latent scale {1.0 / std:.5f}")
+        return 1.0 / std

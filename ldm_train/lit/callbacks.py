@@ -1,0 +1,85 @@
+"""Training callbacks: throughput in the progress bar, image grids to every image-capable logger."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+import torchvision
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class ThroughputMonitor(L.Callback):
+    """Logs `perf/images_per_s` (global, all ranks) and shows it in the progress bar.
+
+    Time is measured between consecutive batch ends, so data loading is included."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.window = window
+        self._times: list[float] = []
+        self._images: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._times.append(time.perf_counter())
+        self._images.append(len(batch["image"]) * trainer.world_size)
+        self._times, self._images = self._times[-self.window :], self._images[-self.window :]
+        if len(self._times) < 2:
+            return
+        elapsed = self._times[-1] - self._times[0]
+        rate = sum(self._images[1:]) / max(elapsed, 1e-9)
+        pl_module.log("perf/images_per_s", rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
+class ImageLogger(L.Callback):
+    """Every `every_n_steps` optimizer steps (and at the end of training), asks the module for
+    named image batches (`module.log_images(batch) -> {name: B×3×H×W in [-1,1]}`) and sends one
+    grid per name to every logger that takes images (W&B, TensorBoard) and to `<run>/images/`."""
+
+    def __init__(self, every_n_steps: int = 500, max_images: int = 16) -> None:
+        self.every_n_steps = every_n_steps
+        self.max_images = max_images
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self.log_now(trainer, pl_module, batch)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._last_step != trainer.global_step and trainer.train_dataloader is not None:
+            batch = next(iter(trainer.train_dataloader))
+            self.log_now(trainer, pl_module, pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
+
+    def log_now(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict) -> None:
+        if not hasattr(pl_module, "log_images"):
+            return
+        small = {k: v[: self.max_images] if hasattr(v, "__getitem__") else v for k, v in batch.items()}
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            images = pl_module.log_images(small)
+        pl_module.train(was_training)
+        self._write(trainer, images, captions=small.get("caption"))
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, images: dict[str, torch.Tensor], captions: list[str] | None) -> None:
+        step = trainer.global_step
+        out_dir = Path(trainer.default_root_dir) / "images"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, batch in images.items():
+            grid = torchvision.utils.make_grid((batch.float().clamp(-1, 1) + 1) / 2, nrow=int(len(batch) ** 0.5 + 0.999))
+            torchvision.utils.save_image(grid, out_dir / f"{name.replace('/', '_')}_step{step:07d}.png")
+            for logger in trainer.loggers:
+                _log_grid(logger, name, grid, step, captions)
+
+
+def _log_grid(logger: Logger, name: str, grid: torch.Tensor, step: int, captions: list[str] | None) -> None:
+    if isinstance(logger, WandbLogger):
+        caption = "; ".join(captions[:8]) if captions else None
+        logger.log_image(key=name, images=[grid], step=step, caption=[caption] if caption else None)
+    elif isinstance(logger, TensorBoardLogger):
+        logger.experiment.add_image(name, grid, step)

@@ -1,0 +1,161 @@
+"""Phase 2 LightningModule: a text-conditioned UNet trained in a frozen VAE's latent space.
+
+    image ─► frozen VAE.encode_latents ─► z ─► objective: q(z_t|z,t), UNet(z_t, t, context) ─► loss
+    caption ─(dropped to "" with p = cond_drop_prob, for CFG)─► frozen text encoder ─► context
+
+The objective (schedule, parameterisation, weighting, timestep sampling) is a separate object;
+the UNet never knows which one is used. The frozen VAE and text encoder are not trained, never
+reach the optimizer and are left out of checkpoints (they are rebuilt from their own sources).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from ldm_train.diffusion.objective import DiffusionObjective
+from ldm_train.lit.ema import EMA
+from ldm_train.text_to_image import SamplerSettings, generate
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+FROZEN = ("first_stage", "text_encoder")
+
+
+class LatentDiffusionModule(L.LightningModule):
+    def __init__(
+        self,
+        unet: nn.Module,
+        first_stage: nn.Module,
+        text_encoder: nn.Module,
+        objective: DiffusionObjective,
+        optimizer: OptimizerFactory,
+        lr_scheduler: SchedulerFactory | None = None,
+        ema_decay: float | None = 0.9999,
+        cond_drop_prob: float = 0.1,
+        val_timesteps: Sequence[int] = (50, 250, 500, 750, 950),
+        val_seed: int = 1234,
+        loss_buckets: int = 4,
+        sample_prompts: Sequence[str] = ("a photo of a sneaker",),
+        sampler: SamplerSettings | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
+        self.unet = unet
+        self.first_stage = first_stage.eval().requires_grad_(False)
+        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.objective = objective
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.ema = EMA(unet, ema_decay) if ema_decay else None
+        self.cond_drop_prob = cond_drop_prob
+        self.val_timesteps = list(val_timesteps)
+        self.val_seed = val_seed
+        self.loss_buckets = loss_buckets
+        self.sample_prompts = list(sample_prompts)
+        self.sampler = sampler or SamplerSettings()
+
+    # -- frozen parts ---------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> LatentDiffusionModule:
+        super().train(mode)
+        self.first_stage.eval()  # frozen: no dropout / norm updates, ever
+        self.text_encoder.eval()
+        return self
+
+    def state_dict(self, *args, **kwargs):
+        """Trainable state only (UNet, EMA): the frozen VAE and text encoder are not saved."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        return type(state)((k, v) for k, v in state.items() if not k.startswith(tuple(prefix + f + "." for f in FROZEN)))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Strict load of the trainable state; the frozen parts keep their own weights."""
+        merged = dict(state_dict)
+        for name in FROZEN:
+            for key, value in getattr(self, name).state_dict().items():
+                merged.setdefault(f"{name}.{key}", value)
+        return super().load_state_dict(merged, strict=strict, assign=assign)
+
+    @property
+    def sampling_unet(self) -> nn.Module:
+        """EMA weights when there are any: used for validation, samples and export."""
+        return self.ema.shadow if self.ema is not None else self.unet
+
+    # -- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory([p for p in self.unet.parameters() if p.requires_grad])
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def drop_captions(self, captions: list[str]) -> list[str]:
+        """Replace each caption by "" with probability cond_drop_prob (classifier-free guidance)."""
+        keep = torch.rand(len(captions)) >= self.cond_drop_prob
+        return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+    @torch.no_grad()
+    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.first_stage.encode_latents(batch["image"])  # B×C×h×w, normalised by the VAE's own scale
+        return z, self.text_encoder(self.drop_captions(batch["caption"]) if self.training else batch["caption"])
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        z, context = self.encode(batch)
+        per_sample, t = self.objective.loss(self.unet, z, context)  # B, B
+        loss = per_sample.mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self._log_buckets(per_sample.detach(), t)
+        return loss
+
+    def _log_buckets(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        # Loss per timestep bucket: where the model is (not) learning, comparable across runs.
+        edges = torch.linspace(0, self.objective.num_timesteps, self.loss_buckets + 1, device=t.device)
+        bucket = torch.bucketize(t.float(), edges[1:-1], right=True)
+        for b in range(self.loss_buckets):
+            mask = bucket == b
+            if mask.any():
+                lo, hi = int(edges[b]), int(edges[b + 1])
+                self.log(f"train/loss_t{lo}-{hi}", per_sample[mask].mean(), on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        norms = [p.grad.detach().norm() for p in self.unet.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        if self.ema is not None and stepped:
+            self.ema.update(self.unet)
+            self.log("train/ema_decay", self.ema.current_decay(), on_step=True, on_epoch=False)
+
+    # -- validation: fixed timesteps and seeds, so numbers compare across runs --------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        z, context = self.encode(batch)
+        generator = torch.Generator(device="cpu").manual_seed(self.val_seed + batch_idx)
+        losses = []
+        for t_value in self.val_timesteps:
+            noise = torch.randn(z.shape, generator=generator).to(z)
+            t = torch.full((len(z),), t_value, device=z.device, dtype=torch.long)
+            loss_t = self.objective.loss_at(self.sampling_unet, z, context, t, noise).mean()
+            self.log(f"val/loss_t{t_value}", loss_t, sync_dist=True)
+            losses.append(loss_t)
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
+
+    # -- images ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def log_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        prompts = self.sample_prompts
+        images = generate(
+            self.sampling_unet, self.text_encoder, self.first_stage, self.objective.schedule,
+            self.objective.prediction, prompts, self.sampler, seeds=list(range(len(prompts))),
+            latent_shape=self._latent_shape(batch), device=self.device,
+        )
+        return {"samples_cfg": images}
+
+    def _latent_shape(self, batch: dict) -> tuple[int, int, int]:
+        z = self.first_stage.encode_latents(batch["image"][:1])
+        return tuple(z.shape[1:])

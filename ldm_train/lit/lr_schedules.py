@@ -1,0 +1,32 @@
+"""Learning-rate schedules as LambdaLR factories of one signature: (optimizer, total_steps) → scheduler.
+
+Configs pass them as `_partial_` objects (warm-up fixed in config); the module supplies the
+optimizer and the run's total optimizer steps when it builds them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def warmup_constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """Linear warm-up from 0 over `warmup_steps`, then constant (`total_steps` unused)."""
+    del total_steps
+    return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+
+
+def warmup_cosine(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, final_lr_fraction: float = 0.0
+) -> LambdaLR:
+    """Linear warm-up, then cosine decay to `final_lr_fraction`·lr at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_lr_fraction + (1 - final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return LambdaLR(optimizer, factor)

@@ -1,0 +1,86 @@
+"""Hydra entry: compose → check → instantiate → fit → return the sweep metric.
+
+This is the only place configs become objects (`hydra.utils.instantiate`); every constructor
+below it receives built networks, losses and `_partial_` optimizers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from ldm_train.config_check import check_config
+from ldm_train.console import print_config
+from ldm_train.loggers import finish_loggers
+from ldm_train.resume import mark_finished, resolve_ckpt_path
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Callbacks and loggers come as named entries; `null` or an empty group gives none."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train one stage as configured; returns `cfg.optimized_metric` (for sweepers)."""
+    if cfg.check_config:
+        check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    print_config(cfg)
+    _save_resolved_config(cfg)
+
+    datamodule = instantiate(cfg.data)
+    module = instantiate(cfg.module)
+    module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    _log_batch_geometry(cfg, trainer)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+    finally:
+        finish_loggers(loggers)
+    if not trainer.interrupted:
+        mark_finished(cfg.paths.output_dir)
+    metric = trainer.callback_metrics.get(cfg.optimized_metric)
+    return None if metric is None else float(metric)
+
+
+@rank_zero_only
+def _save_resolved_config(cfg: DictConfig) -> None:
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
+
+
+@rank_zero_only
+def _log_batch_geometry(cfg: DictConfig, trainer: L.Trainer) -> None:
+    per_device = cfg.data.batch_size
+    accumulate = cfg.optim.get("accumulate_grad_batches", 1)
+    log.info(
+        "Global batch = %d per device × %d devices × %d nodes × %d accumulation = %d",
+        per_device,
+        trainer.num_devices,
+        trainer.num_nodes,
+        accumulate,
+        per_device * trainer.num_devices * trainer.num_nodes * accumulate,
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
