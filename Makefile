@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first: the pinned versions install from local files on our machines.
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -e '.[test,assets,sweeps,slurm]'
+	# Only for the real CLIP BPE vocabulary file (clip_tiny tests); its model code is not used.
+	$(PIP) install -q --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 # Real offline assets: Fashion-MNIST (Debian package, when we are root with apt) and the LPIPS

@@ -18,9 +18,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
+from ldm_train.autoencoder.convert import load_autoencoder_init
 from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.autoencoder.losses import AutoencoderLoss
 from ldm_train.lit.ema import EMA
+from ldm_train.lit.frozen import FrozenStateMixin
 from ldm_train.lit.latent_stats import estimate_latent_std
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,9 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-class AutoencoderModule(L.LightningModule):
+class AutoencoderModule(FrozenStateMixin, L.LightningModule):
+    frozen_submodules = ("loss.perceptual",)  # LPIPS: 58 MB of fixed weights
+
     def __init__(
         self,
         autoencoder: AutoencoderKL,
@@ -40,8 +44,11 @@ class AutoencoderModule(L.LightningModule):
         accumulate_grad_batches: int = 1,
         ema_decay: float | None = None,
         latent_scale_batches: int = 16,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
+        if init_from:  # fine-tune a pretrained VAE: diffusers folder, SD .safetensors or .ckpt
+            load_autoencoder_init(autoencoder, init_from)
         self.automatic_optimization = False
         self.autoencoder = autoencoder
         self.loss = loss
@@ -101,8 +108,8 @@ class AutoencoderModule(L.LightningModule):
             if boundary:
                 logs["grad_norm/discriminator"] = self._clip_and_norm(opt_d)
                 self._step_discriminator(opt_d)
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, on_step=True)
-        self.log("train/rec", logs["rec"], prog_bar=True, on_step=True)
+        self.log("train/rec", logs.pop("rec"), prog_bar=True, on_step=True)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
 
     def _step_discriminator(self, opt_d) -> None:
         # Lightning counts every LightningOptimizer.step() in global_step; stepping the wrapped
@@ -174,6 +181,6 @@ class AutoencoderModule(L.LightningModule):
         """Latent scale = 1/std of the posterior samples over `num_batches` of every rank."""
         std = estimate_latent_std(self.eval_autoencoder, loader, num_batches, self.device, self.trainer.strategy)
         for net in {id(m): m for m in (self.autoencoder, self.eval_autoencoder)}.values():
-            net.latent_norm.set_scale(1.0 / std)
+            net.latent_norm.set_from_statistics(std)
         self.print(f"Latent std {std:.4f} → latent scale {1.0 / std:.5f}")
         return 1.0 / std

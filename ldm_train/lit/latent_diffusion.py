@@ -18,14 +18,17 @@ from torch import nn
 
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
-from ldm_train.text_to_image import SamplerSettings, generate
+from ldm_train.lit.frozen import FrozenStateMixin
+from ldm_train.sampling.pipeline import GuidedSampler
+from ldm_train.text_to_image import generate
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-FROZEN = ("first_stage", "text_encoder")
 
 
-class LatentDiffusionModule(L.LightningModule):
+class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
+    frozen_submodules = ("first_stage", "text_encoder")
+
     def __init__(
         self,
         unet: nn.Module,
@@ -40,11 +43,12 @@ class LatentDiffusionModule(L.LightningModule):
         val_seed: int = 1234,
         loss_buckets: int = 4,
         sample_prompts: Sequence[str] = ("a photo of a sneaker",),
-        sampler: SamplerSettings | None = None,
+        sampler: GuidedSampler | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
+        _check_compatible(unet, first_stage, text_encoder)
         self.unet = unet
         self.first_stage = first_stage.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
@@ -57,7 +61,8 @@ class LatentDiffusionModule(L.LightningModule):
         self.val_seed = val_seed
         self.loss_buckets = loss_buckets
         self.sample_prompts = list(sample_prompts)
-        self.sampler = sampler or SamplerSettings()
+        self.sampler = sampler or GuidedSampler()
+        self.latent_shape: tuple[int, ...] | None = None
 
     # -- frozen parts ---------------------------------------------------------------------------
     def train(self, mode: bool = True) -> LatentDiffusionModule:
@@ -66,19 +71,13 @@ class LatentDiffusionModule(L.LightningModule):
         self.text_encoder.eval()
         return self
 
-    def state_dict(self, *args, **kwargs):
-        """Trainable state only (UNet, EMA): the frozen VAE and text encoder are not saved."""
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        return type(state)((k, v) for k, v in state.items() if not k.startswith(tuple(prefix + f + "." for f in FROZEN)))
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What `TextToImage.from_checkpoint` needs besides the config: the exact VAE and latent size.
+        checkpoint["first_stage_source"] = getattr(self.first_stage, "source", None)
+        checkpoint["latent_shape"] = self.latent_shape
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Strict load of the trainable state; the frozen parts keep their own weights."""
-        merged = dict(state_dict)
-        for name in FROZEN:
-            for key, value in getattr(self, name).state_dict().items():
-                merged.setdefault(f"{name}.{key}", value)
-        return super().load_state_dict(merged, strict=strict, assign=assign)
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.latent_shape = checkpoint.get("latent_shape")
 
     @property
     def sampling_unet(self) -> nn.Module:
@@ -105,6 +104,7 @@ class LatentDiffusionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         z, context = self.encode(batch)
+        self.latent_shape = tuple(z.shape[1:])
         per_sample, t = self.objective.loss(self.unet, z, context)  # B, B
         loss = per_sample.mean()
         self.log("train/loss", loss, prog_bar=True)
@@ -113,7 +113,7 @@ class LatentDiffusionModule(L.LightningModule):
 
     def _log_buckets(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
         # Loss per timestep bucket: where the model is (not) learning, comparable across runs.
-        edges = torch.linspace(0, self.objective.num_timesteps, self.loss_buckets + 1, device=t.device)
+        edges = torch.linspace(0, self.objective.schedule.num_timesteps, self.loss_buckets + 1, device=t.device)
         bucket = torch.bucketize(t.float(), edges[1:-1], right=True)
         for b in range(self.loss_buckets):
             mask = bucket == b
@@ -148,14 +148,27 @@ class LatentDiffusionModule(L.LightningModule):
     # -- images ------------------------------------------------------------------------------------
     @torch.no_grad()
     def log_images(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Fixed prompts and seeds, EMA weights, classifier-free guidance."""
+        latent_shape = self.latent_shape or tuple(self.first_stage.encode_latents(batch["image"][:1]).shape[1:])
         prompts = self.sample_prompts
-        images = generate(
-            self.sampling_unet, self.text_encoder, self.first_stage, self.objective.schedule,
-            self.objective.prediction, prompts, self.sampler, seeds=list(range(len(prompts))),
-            latent_shape=self._latent_shape(batch), device=self.device,
-        )
-        return {"samples_cfg": images}
+        images = generate(self.sampling_unet, self.text_encoder, self.first_stage, self.objective.schedule,
+                          self.objective.prediction, prompts, self.sampler, list(range(len(prompts))), latent_shape)
+        return {"samples": images}
 
-    def _latent_shape(self, batch: dict) -> tuple[int, int, int]:
-        z = self.first_stage.encode_latents(batch["image"][:1])
-        return tuple(z.shape[1:])
+
+def _check_compatible(unet: nn.Module, first_stage: nn.Module, text_encoder: nn.Module) -> None:
+    """Fail at start-up, not on the first batch, when the three networks do not fit together."""
+    config = getattr(unet, "config", {})
+    source = getattr(first_stage, "source", "the first stage")
+    if "in_channels" in config and config["in_channels"] != first_stage.embed_dim:
+        raise ValueError(
+            f"The UNet takes {config['in_channels']} input channels but the VAE ({source}) has "
+            f"{first_stage.embed_dim} latent channels: set unet.in_channels=unet.out_channels={first_stage.embed_dim} "
+            "or point first_stage.ckpt at a matching phase-1 export."
+        )
+    dim = getattr(text_encoder, "output_dim", None)
+    if "context_dim" in config and dim is not None and config["context_dim"] != dim:
+        raise ValueError(
+            f"The UNet's context_dim is {config['context_dim']} but the text encoder outputs {dim}-d tokens: "
+            f"set context_dim={dim} (the text_encoder config group sets it for you)."
+        )

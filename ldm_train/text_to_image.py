@@ -1,0 +1,107 @@
+"""Prompt → image: the frozen text encoder, a guided sampler over the UNet, the VAE decoder.
+
+`generate` is the one sampling path (training-time sample grids use it too); `TextToImage`
+loads a phase-2 run or checkpoint onto a device and turns lists of prompts into images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+
+from ldm_train.autoencoder.export import load_first_stage
+from ldm_train.diffusion.schedules import NoiseSchedule
+from ldm_train.lit.checkpoints import find_checkpoint
+from ldm_train.sampling.pipeline import GuidedSampler, SamplerName
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def generate(
+    unet: nn.Module,
+    text_encoder: nn.Module,
+    first_stage: nn.Module,
+    schedule: NoiseSchedule,
+    prediction: str,
+    prompts: Sequence[str],
+    sampler: GuidedSampler,
+    seeds: Sequence[int],
+    latent_shape: Sequence[int],
+) -> torch.Tensor:  # len(prompts) prompts -> B×3×H×W in [-1, 1]
+    context = text_encoder(list(prompts))
+    uncond = text_encoder([""]) if sampler.guidance_scale != 1.0 else None
+    z = sampler(unet, schedule, prediction, context, uncond, latent_shape, seeds)
+    return first_stage.decode_latents(z).clamp(-1, 1)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """B×3×H×W in [-1, 1] → PIL RGB images."""
+    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
+class TextToImage:
+    """A phase-2 model ready to sample: EMA UNet, text encoder, VAE, schedule and parameterisation.
+
+    >>> pipe = TextToImage.from_checkpoint("outputs/ldm/2026-11-30/10-00-00", device="cuda")
+    >>> images = pipe(["a photo of a sneaker"], sampler="dpmpp_2m", steps=25, guidance=3.0, seed=0)
+    """
+
+    def __init__(self, unet: nn.Module, text_encoder: nn.Module, first_stage: nn.Module, schedule: NoiseSchedule,
+                 prediction: str, latent_shape: Sequence[int], device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.unet = unet.eval().requires_grad_(False).to(self.device)
+        self.text_encoder = text_encoder.eval().to(self.device)
+        self.first_stage = first_stage.eval().requires_grad_(False).to(self.device)
+        self.schedule = schedule
+        self.prediction = prediction
+        self.latent_shape = tuple(latent_shape)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> TextToImage:
+        """From a phase-2 run directory (its last checkpoint), a `.ckpt`, or `latest` (newest run)."""
+        ckpt_path = find_checkpoint(path, stage="ldm")
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        cfg = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
+        unet = instantiate(cfg.unet)
+        state = checkpoint["state_dict"]
+        prefix = "ema.shadow." if any(k.startswith("ema.shadow.") for k in state) else "unet."
+        unet.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        first_stage = load_first_stage(checkpoint["first_stage_source"])
+        objective = instantiate(cfg.diffusion)
+        text_encoder = instantiate(cfg.text_encoder)
+        log.info("Loaded %s (%s weights)", ckpt_path, "EMA" if prefix.startswith("ema") else "raw")
+        return cls(unet, text_encoder, first_stage, objective.schedule, objective.prediction,
+                   checkpoint["latent_shape"], device)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        sampler: SamplerName = "dpmpp_2m",
+        steps: int = 25,
+        guidance: float = 3.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        output: Literal["pil", "tensor"] = "pil",
+        karras: bool = False,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Image i uses seed `seed + i`, so it is the same whatever the batch size."""
+        guided = GuidedSampler(sampler=sampler, num_steps=steps, guidance_scale=guidance, karras=karras)
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            seeds = [seed + start + i for i in range(len(batch))]
+            chunks.append(generate(self.unet, self.text_encoder, self.first_stage, self.schedule, self.prediction,
+                                   batch, guided, seeds, self.latent_shape).cpu())
+        images = torch.cat(chunks)
+        return to_pil(images) if output == "pil" else images
