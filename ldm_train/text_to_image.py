@@ -67,9 +67,11 @@ class TextToImage:
         self.latent_shape = tuple(latent_shape)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> TextToImage:
-        """From a phase-2 run directory (its last checkpoint), a `.ckpt`, or `latest` (newest run)."""
-        ckpt_path = find_checkpoint(path, stage="ldm")
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
+                        log_dir: str | Path = "outputs") -> TextToImage:
+        """From a phase-2 run directory (its last checkpoint), a `.ckpt`, or `latest` (newest run
+        under `log_dir`)."""
+        ckpt_path = find_checkpoint(path, stage="ldm", log_dir=log_dir)
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         cfg = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
         unet = instantiate(cfg.unet)
@@ -84,6 +86,13 @@ class TextToImage:
                    checkpoint["latent_shape"], device)
 
     @torch.no_grad()
+    def sample(self, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerName = "dpmpp_2m", steps: int = 25,
+               guidance: float = 3.0, karras: bool = False) -> torch.Tensor:  # -> B×3×H×W in [-1, 1], on CPU
+        """One batch, one explicit seed per image."""
+        guided = GuidedSampler(sampler=sampler, num_steps=steps, guidance_scale=guidance, karras=karras)
+        return generate(self.unet, self.text_encoder, self.first_stage, self.schedule, self.prediction,
+                        prompts, guided, seeds, self.latent_shape).cpu()
+
     def __call__(
         self,
         prompts: Sequence[str],
@@ -96,12 +105,10 @@ class TextToImage:
         karras: bool = False,
     ) -> list[Image.Image] | torch.Tensor:
         """Image i uses seed `seed + i`, so it is the same whatever the batch size."""
-        guided = GuidedSampler(sampler=sampler, num_steps=steps, guidance_scale=guidance, karras=karras)
-        chunks = []
-        for start in range(0, len(prompts), batch_size):
-            batch = list(prompts[start : start + batch_size])
-            seeds = [seed + start + i for i in range(len(batch))]
-            chunks.append(generate(self.unet, self.text_encoder, self.first_stage, self.schedule, self.prediction,
-                                   batch, guided, seeds, self.latent_shape).cpu())
+        chunks = [
+            self.sample(prompts[start : start + batch_size], [seed + i for i in range(start, min(start + batch_size, len(prompts)))],
+                        sampler, steps, guidance, karras)
+            for start in range(0, len(prompts), batch_size)
+        ]
         images = torch.cat(chunks)
         return to_pil(images) if output == "pil" else images
