@@ -42,7 +42,7 @@ test-fast: install
 # on the exported autoencoder, then samples from the result.
 demo: install
 	$(PY) train.py stage=autoencoder experiment=demo
-	$(PY) train.py stage=ldm experiment=demo
+	$(PY) train.py stage=ldm experiment=demo text_encoder=minilm
 	$(PY) scripts/sample.py ckpt=latest prompt="a photo of a sneaker" n_per_prompt=8 out_dir=outputs/demo_samples
 
 lint: install

@@ -10,6 +10,7 @@ reach the optimizer and are left out of checkpoints (they are rebuilt from their
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import lightning as L
@@ -39,6 +40,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         lr_scheduler: SchedulerFactory | None = None,
         ema_decay: float | None = 0.9999,
         cond_drop_prob: float = 0.1,
+        text_cache_size: int = 256,
         val_timesteps: Sequence[int] = (50, 250, 500, 750, 950),
         val_seed: int = 1234,
         loss_buckets: int = 4,
@@ -57,6 +59,8 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.ema = EMA(unet, ema_decay) if ema_decay else None
         self.cond_drop_prob = cond_drop_prob
+        self.text_cache_size = text_cache_size
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.val_timesteps = list(val_timesteps)
         self.val_seed = val_seed
         self.loss_buckets = loss_buckets
@@ -100,7 +104,21 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
     @torch.no_grad()
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.first_stage.encode_latents(batch["image"])  # B×C×h×w, normalised by the VAE's own scale
-        return z, self.text_encoder(self.drop_captions(batch["caption"]) if self.training else batch["caption"])
+        captions = self.drop_captions(batch["caption"]) if self.training else batch["caption"]
+        return z, self.encode_text(captions)
+
+    def encode_text(self, captions: list[str]) -> torch.Tensor:  # B captions -> B×L×D
+        """Each distinct caption is encoded once: the frozen encoder's outputs are kept in a small
+        LRU cache (captions repeat across batches, and every dropped caption is "")."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        if missing:
+            for caption, context in zip(missing, self.text_encoder(missing)):
+                self._text_cache[caption] = context
+        for caption in captions:
+            self._text_cache.move_to_end(caption)
+        while len(self._text_cache) > self.text_cache_size:
+            self._text_cache.popitem(last=False)
+        return torch.stack([self._text_cache[c] for c in captions])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         z, context = self.encode(batch)

@@ -1,0 +1,49 @@
+"""Shared test helpers: compose the real configs, run train.py in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG_DIR = str(REPO / "configs")
+
+
+def compose_config(overrides: list[str], root: Path) -> DictConfig:
+    """The config `python train.py <overrides>` would run with, rooted at `root`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(root / "run")
+        del cfg["hydra"]
+    return cfg
+
+
+def run_train(args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python train.py <args>` with LDM_TRAIN_ROOT=root, offline, one thread per process."""
+    env = {**os.environ, "LDM_TRAIN_ROOT": str(root), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_dirs(root: Path, stage: str) -> list[Path]:
+    return sorted((root / "outputs" / stage).glob("*/*"))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "csv" / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def series(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]

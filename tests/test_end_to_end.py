@@ -1,0 +1,129 @@
+"""Tiny end-to-end runs of the real entry point on real Fashion-MNIST: phase 1 → export → phase 2
+on that export → scripts/sample.py. Each run goes through `python train.py` as a user's would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ldm_train.conditioning import write_tiny_clip
+from tests.helpers import REPO, read_metrics, run_dirs, run_train, series
+
+pytestmark = pytest.mark.slow
+STEPS = 60
+DATA = ["trainer.log_every_n_steps=5", "data.max_train_samples=512", "data.max_val_samples=128", "data.num_workers=0", "data.batch_size=16"]
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="module")
+def phase1(root: Path) -> Path:
+    result = run_train(
+        ["stage=autoencoder", "autoencoder=tiny", "perceptual=lpips_alex", "discriminator.ndf=8",
+         "discriminator.n_layers=2", "module.loss.disc_start=40", "optim.lr=2e-3", f"trainer.max_steps={STEPS}",
+         "trainer.val_check_interval=30", "trainer.limit_val_batches=2", "callbacks.images.every_n_steps=30",
+         "module.latent_scale_batches=2", *DATA],
+        root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = run_dirs(root, "autoencoder")
+    return run
+
+
+def test_phase1_lowers_reconstruction_loss_and_counts_steps_right(phase1: Path):
+    rows = read_metrics(phase1)
+    rec = series(rows, "train/rec")
+    assert mean(rec[-3:]) < 0.8 * mean(rec[:3]), rec
+    steps = [int(r["step"]) for r in rows if r.get("train/rec")]
+    # global_step counts autoencoder steps only, although the discriminator also steps from 40 on.
+    assert max(steps) == STEPS - 1
+    d_steps = [int(r["step"]) for r in rows if r.get("train/d_loss")]
+    assert d_steps and min(d_steps) >= 40, "the discriminator must not run before disc_start"
+    assert series(rows, "val/psnr") and series(rows, "val/ssim") and series(rows, "val/rec_loss")
+
+
+def test_phase1_exports_weights_with_latent_scale(phase1: Path):
+    meta = json.loads((phase1 / "export" / "autoencoder.json").read_text())
+    state = load_file(phase1 / "export" / "autoencoder.safetensors")
+    assert torch.allclose(state["latent_norm.scale"], torch.tensor(meta["latent_scale"]))
+    assert not torch.allclose(state["latent_norm.scale"], torch.ones(4)), "latent scale was never estimated"
+    assert (phase1 / "checkpoints" / "last.ckpt").is_file() and (phase1 / "FINISHED").is_file()
+    ckpt = torch.load(phase1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert not any(k.startswith("loss.perceptual.") for k in ckpt["state_dict"]), "frozen LPIPS saved"
+    assert ckpt["hyper_parameters"]["config"]["stage_name"] == "autoencoder"
+    assert sorted(p.name for p in (phase1 / "images").glob("reconstructions_*.png"))
+
+
+def test_wandb_offline_run_holds_metrics_and_images(phase1: Path):
+    (run_dir,) = (phase1 / "wandb").glob("offline-run-*")
+    (records,) = run_dir.glob("run-*.wandb")  # offline runs keep their history in this record file
+    data = records.read_bytes()
+    assert b"train/rec" in data and b"val/psnr" in data and b"trainer/global_step" in data
+    assert list((run_dir / "files" / "media" / "images").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def phase2(root: Path, phase1: Path) -> Path:
+    write_tiny_clip(root / "data" / "clip_tiny")
+    result = run_train(
+        ["stage=ldm", "text_encoder=clip_tiny", "unet=tiny", "optim.lr=1e-3", "optim.warmup_steps=5",
+         "module.ema_decay=0.9", "module.sampler.num_steps=3", f"trainer.max_steps={STEPS}",
+         "trainer.val_check_interval=30", "trainer.limit_val_batches=1", "callbacks.images.every_n_steps=30", *DATA],
+        root,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = run_dirs(root, "ldm")
+    return run
+
+
+def test_phase2_lowers_loss_on_the_phase1_export(phase2: Path, phase1: Path):
+    rows = read_metrics(phase2)
+    loss = series(rows, "train/loss")
+    assert mean(loss[-3:]) < 0.7 * mean(loss[:3]), loss
+    assert series(rows, "val/loss") and series(rows, "train/grad_norm") and series(rows, "train/ema_decay")
+    ckpt = torch.load(phase2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = ckpt["state_dict"].keys()
+    assert any(k.startswith("ema.shadow.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    assert not any(k.startswith(("first_stage.", "text_encoder.")) for k in keys), "frozen parts saved"
+    assert ckpt["first_stage_source"] == str(phase1 / "export" / "autoencoder.safetensors")
+    assert list((phase2 / "images").glob("samples_*.png"))
+
+
+def _sample(args: list[str], root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "sample.py"), *args], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sample_script_writes_manifest_and_is_batch_size_invariant(phase2: Path, root: Path):
+    common = [f"ckpt={phase2}", "prompt=a photo of a bag", "n_per_prompt=3", "steps=4", "seed=7", "guidance=2.0"]
+    first = _sample([*common, f"out_dir={root / 's1'}"], root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    lines = [json.loads(x) for x in (root / "s1" / "manifest.jsonl").read_text().splitlines()]
+    assert [x["seed"] for x in lines] == [7, 8, 9]
+    assert {x["prompt"] for x in lines} == {"a photo of a bag"}
+    assert all(x["sampler"] == "dpmpp_2m" and x["steps"] == 4 and x["guidance"] == 2.0 for x in lines)
+    assert (root / "s1" / "grid.png").is_file()
+    second = _sample([*common, "batch_size=1", f"out_dir={root / 's2'}"], root)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for line in lines:
+        a = (root / "s1" / line["file"]).read_bytes()
+        b = (root / "s2" / line["file"]).read_bytes()
+        assert a == b, f"{line['file']} changed with the batch size"
+
+
+def test_sample_script_rejects_misspelt_key(phase2: Path, root: Path):
+    result = _sample([f"ckpt={phase2}", "prompt=x", "n_per_promt=2"], root)
+    assert result.returncode != 0 and "n_per_promt" in result.stderr
