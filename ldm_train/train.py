@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ldm_train.config_check import check_config
 from ldm_train.console import print_config
+from ldm_train.distributed import distributed_job
 from ldm_train.loggers import finish_loggers
-from ldm_train.resume import mark_finished, resolve_ckpt_path
+from ldm_train.resume import mark_finished, prepare_run, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
@@ -36,6 +37,7 @@ def run(cfg: DictConfig) -> float | None:
     """Train one stage as configured; returns `cfg.optimized_metric` (for sweepers)."""
     if cfg.check_config:
         check_config(cfg)
+    prepare_run(cfg)  # git sha into the config; a resumed run keeps its W&B run id
     L.seed_everything(cfg.seed, workers=True)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -83,4 +85,5 @@ def _log_batch_geometry(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run(cfg)
+    with distributed_job():  # this job's ranks run this job's overrides; torn down after it
+        return run(cfg)

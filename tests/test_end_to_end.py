@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from ldm_train.conditioning import write_tiny_clip
@@ -119,11 +121,27 @@ def test_sample_script_writes_manifest_and_is_batch_size_invariant(phase2: Path,
     second = _sample([*common, "batch_size=1", f"out_dir={root / 's2'}"], root)
     assert second.returncode == 0, second.stderr[-3000:]
     for line in lines:
-        a = (root / "s1" / line["file"]).read_bytes()
-        b = (root / "s2" / line["file"]).read_bytes()
-        assert a == b, f"{line['file']} changed with the batch size"
+        a = np.asarray(Image.open(root / "s1" / line["file"]), dtype=np.int16)
+        b = np.asarray(Image.open(root / "s2" / line["file"]), dtype=np.int16)
+        # Same seed, same image: batched and single convolutions round differently in the last
+        # float bits, which can move a pixel across an 8-bit rounding boundary, never further.
+        diff = np.abs(a - b)
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, f"{line['file']} changed with the batch size"
 
 
 def test_sample_script_rejects_misspelt_key(phase2: Path, root: Path):
     result = _sample([f"ckpt={phase2}", "prompt=x", "n_per_promt=2"], root)
     assert result.returncode != 0 and "n_per_promt" in result.stderr
+
+
+@pytest.mark.parametrize("stage", ["autoencoder", "ldm"])
+def test_debug_fast_dev_run_runs_one_batch_without_logging(stage: str, phase1: Path, tmp_path: Path):
+    args = [f"stage={stage}", "debug=fast_dev_run", *DATA]
+    if stage == "autoencoder":
+        args += ["autoencoder=tiny", "perceptual=lpips_alex", "discriminator.ndf=8"]
+    else:
+        args += ["text_encoder=minilm", "unet=tiny", f"first_stage.ckpt={phase1}", "module.sampler.num_steps=2"]
+    result = run_train(args, tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = run_dirs(tmp_path, stage)
+    assert not (run / "csv").exists() and not (run / "wandb").exists()

@@ -7,7 +7,11 @@ a worker reads the same shards every epoch. Here every random choice comes from 
 by (seed, epoch[, rank, worker]), and the epoch number lives in shared memory, set by `EpochLoader`
 at each `iter()`: non-persistent workers receive it in their fresh copy of the dataset, persistent
 workers read the same shared tensor. That also makes a position reproducible from (epoch, batches
-seen), which is what data-stream resume needs.
+seen), which is what data-stream resume needs: `EpochLoader.state_dict()` is (epoch, batches each
+worker has handed to the training loop); after `load_state_dict` each worker replays that many batches
+of that epoch without yielding them (decoding again: a resume costs at most one epoch of reading)
+and the stream continues exactly where it stopped. Lightning saves and restores this state with its
+checkpoints because the loader has `state_dict`/`load_state_dict`.
 
 Epoch length and DDP. A rank that runs out of batches before the others hangs DDP's gradient
 all-reduce, so training streams have a fixed length: `batches_per_epoch` for every rank, split
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 # this limit it would spin forever without producing a batch.
 MAX_CONSECUTIVE_SKIPS = 10_000
 WARNED_SKIPS_PER_WORKER = 20  # later skips are logged at DEBUG, so a bad dataset cannot flood the log
+# Batch key naming the worker that built a batch; `EpochLoader` removes it and counts per worker.
+WORKER_KEY = "__worker__"
 
 
 class BrokenStreamError(RuntimeError):
@@ -141,6 +147,8 @@ class ShardStream(IterableDataset):
         self.batches_per_epoch, self.resampled = batches_per_epoch, resampled
         # Shared memory: persistent workers keep their own copy of this object, but see this tensor.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # Set by `resume_at` before the workers start (see there).
+        self._resume: tuple[int, list[int], int] | None = None
 
     @property
     def epoch(self) -> int:
@@ -148,6 +156,14 @@ class ShardStream(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
+
+    def resume_at(self, epoch: int, batches_per_worker: list[int], next_worker: int) -> None:
+        """In `epoch`, stream worker w first replays (and drops) `batches_per_worker[w]` batches.
+
+        A DataLoader takes batches from its workers round robin starting at worker 0; the
+        interrupted epoch continued with `next_worker`, so DataLoader worker i plays stream worker
+        (i + next_worker) mod num_workers in that epoch: the round robin goes on where it stopped."""
+        self._resume = (epoch, list(batches_per_worker), next_worker)
 
     def __len__(self) -> int:  # batches per epoch on this rank; unknown for a single exact pass
         if self.batches_per_epoch is None:
@@ -157,7 +173,11 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = self.epoch
+        epoch, replay = self.epoch, 0
+        if self._resume is not None and self._resume[0] == epoch:
+            _, batches_per_worker, next_worker = self._resume
+            worker = (worker + next_worker) % num_workers
+            replay = batches_per_worker[worker]
         rng = np.random.default_rng([self.seed, epoch, self.rank, worker])
         counter = SkipCounter(f"epoch {epoch}, rank {self.rank}, worker {worker}")
         raw = self._raw_samples(self._passes(epoch, worker, num_workers, rng), counter)
@@ -165,7 +185,9 @@ class ShardStream(IterableDataset):
         if self.batches_per_epoch is not None:
             base, extra = divmod(self.batches_per_epoch, num_workers)
             batches = itertools.islice(batches, base + int(worker < extra))
-        yield from batches
+        for batch in itertools.islice(batches, replay, None):
+            batch[WORKER_KEY] = worker
+            yield batch
 
     def _passes(
         self, epoch: int, worker: int, num_workers: int, rng: np.random.Generator
@@ -223,13 +245,85 @@ class ShardStream(IterableDataset):
 
 class EpochLoader(DataLoader):
     """DataLoader over a ShardStream that starts a new epoch (new shard and sample order) at every
-    `iter()`; Lightning calls `iter()` once per epoch. Batches are built in the workers."""
+    `iter()`; Lightning calls `iter()` once per epoch. Batches are built in the workers.
 
-    def __init__(self, dataset: ShardStream, **kwargs):
+    Resumable: `state_dict()` is the position of the next batch the training loop will take,
+    {"epoch", "batches_per_worker", "next_worker"}, and `load_state_dict` (before the first
+    `iter()`) makes the next `iter()` continue from there. `lookahead` is how many batches the
+    consumer reads ahead of the step being checkpointed: Lightning's fetcher reads one ahead when
+    the loader has no length (a single-pass stream) and none when it has one.
+
+    The loader draws its DataLoader base seed from a generator of its own, so iterating it never
+    moves the global torch RNG (training noise stays the same stream, resumed or not).
+    """
+
+    def __init__(self, dataset: ShardStream, lookahead: int = 1, **kwargs):
+        kwargs.setdefault("generator", torch.Generator().manual_seed(dataset.seed))
         super().__init__(dataset, batch_size=None, **kwargs)
+        self.lookahead = lookahead
         self.epochs_started = 0
+        self._resume: tuple[int, list[int], int] | None = None
+        self._delivered = [0] * self._num_readers  # batches of the current epoch, per stream worker
+        self._recent: list[int] = []  # stream workers of this epoch's last few batches, oldest first
+        self._first_worker = 0  # the worker this epoch's round robin started with
+        self._exhausted = False
+
+    @property
+    def _num_readers(self) -> int:
+        return max(1, self.num_workers)
 
     def __iter__(self):
-        self.dataset.set_epoch(self.epochs_started)
+        epoch = self.epochs_started
+        self.dataset.set_epoch(epoch)
         self.epochs_started += 1
-        return super().__iter__()
+        self._delivered, self._recent, self._first_worker, self._exhausted = [0] * self._num_readers, [], 0, False
+        if self._resume is not None and self._resume[0] == epoch:
+            _, delivered, self._first_worker = self._resume
+            self._delivered = list(delivered)
+            self.dataset.resume_at(*self._resume)
+        self._resume = None
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches) -> Iterator[dict]:
+        for batch in batches:
+            worker = batch.pop(WORKER_KEY)
+            self._delivered[worker] += 1
+            self._recent = [*self._recent, worker][-(self.lookahead + 1) :]
+            yield batch
+        self._exhausted = True
+
+    def state_dict(self) -> dict:
+        readers = self._num_readers
+        if self._resume is not None:  # loaded and not iterated since: still that position
+            epoch, counts, next_worker = self._resume
+            return {"epoch": epoch, "batches_per_worker": list(counts), "next_worker": next_worker}
+        epoch, delivered = max(self.epochs_started - 1, 0), list(self._delivered)
+        sized = self.dataset.batches_per_epoch is not None
+        if self._exhausted or (sized and sum(delivered) >= len(self)):
+            return {"epoch": epoch + 1, "batches_per_worker": [0] * readers, "next_worker": 0}
+        read_ahead = self._recent[-self.lookahead :] if self.lookahead and not sized else []
+        for worker in read_ahead:  # fetched by the consumer but not yet trained on
+            delivered[worker] -= 1
+        trained = self._recent[: len(self._recent) - len(read_ahead)]
+        if read_ahead:
+            next_worker = read_ahead[0]
+        else:
+            next_worker = (trained[-1] + 1) % readers if trained else self._first_worker
+        return {"epoch": epoch, "batches_per_worker": delivered, "next_worker": next_worker}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._iterator is not None:  # persistent workers hold the dataset as it was at their start
+            raise RuntimeError("EpochLoader.load_state_dict must be called before the loader's first iter()")
+        epoch, next_worker = int(state["epoch"]), int(state["next_worker"])
+        counts, readers = [int(c) for c in state["batches_per_worker"]], self._num_readers
+        if len(counts) != readers:
+            total = sum(counts)
+            counts, next_worker = [len(range(w, total, readers)) for w in range(readers)], total % readers
+            logger.warning(
+                "The data position was saved with %d loader workers and this run has %d: continuing after "
+                "the same %d batches of epoch %d, but the rest of that epoch is not the sample order an "
+                "uninterrupted run would have seen (resume with the same data.num_workers for that).",
+                len(state["batches_per_worker"]), readers, total, epoch,
+            )
+        self.epochs_started = epoch
+        self._resume = (epoch, counts, next_worker)

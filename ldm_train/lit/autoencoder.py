@@ -4,7 +4,8 @@ Manual optimisation, both steps on the same batch (Esser et al. 2021; Rombach et
   1. autoencoder (+ learned logvar): rec/LPIPS NLL + KL + adaptive-weighted generator loss;
   2. discriminator on real vs *detached* reconstructions (only from `disc_start` on).
 Gradient accumulation, clipping, LR schedules and EMA are implemented here, because Lightning
-leaves them to the module under manual optimisation.
+leaves them to the module under manual optimisation. A step with a non-finite loss or gradient
+skips both optimizers (`NonFiniteGuard`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ldm_train.autoencoder.convert import load_autoencoder_init
 from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.autoencoder.losses import AutoencoderLoss
 from ldm_train.lit.ema import EMA
+from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.lit.frozen import FrozenStateMixin
 from ldm_train.lit.latent_stats import estimate_latent_std
 
@@ -45,6 +47,7 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         ema_decay: float | None = None,
         latent_scale_batches: int = 16,
         init_from: str | None = None,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         if init_from:  # fine-tune a pretrained VAE: diffusers folder, SD .safetensors or .ckpt
@@ -59,6 +62,7 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         self.accumulate = accumulate_grad_batches
         self.ema = EMA(autoencoder, ema_decay) if ema_decay else None
         self.latent_scale_batches = latent_scale_batches
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         # Validation metrics on images mapped to [0, 1]; reduced over all ranks by torchmetrics.
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
@@ -90,24 +94,34 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         recon, posterior = self.autoencoder(x)
         g_loss, logs = self.loss.generator_loss(x, recon, posterior, step, self.autoencoder.last_layer)
         self.manual_backward(g_loss / self.accumulate)
+        losses = [g_loss]
+        # D's loss does not depend on this step's autoencoder update (it sees detached reconstructions),
+        # so both backward passes come first and one decision covers both optimizer steps.
+        disc_active = self.loss.discriminator_active(step)
+        if disc_active:
+            d_loss, d_logs = self.loss.discriminator_loss(x, recon.detach(), step)
+            self.manual_backward(d_loss / self.accumulate)
+            logs.update(d_logs)
+            losses.append(d_loss)
+        self.nonfinite.observe(*losses)
         if boundary:
-            logs["grad_norm/autoencoder"] = self._clip_and_norm(opt_ae)
-            opt_ae.step()
+            optimizers = [opt_ae, opt_d] if disc_active else [opt_ae]
+            norms = [self._clip_and_norm(opt) for opt in optimizers]
+            logs["grad_norm/autoencoder"] = norms[0]
+            if disc_active:
+                logs["grad_norm/discriminator"] = norms[1]
+            finite = self.nonfinite.check(optimizers, norms, self.trainer.strategy)
+            opt_ae.step()  # a no-op on a skipped step (no gradients), but it still counts as a step
             opt_ae.zero_grad(set_to_none=True)
             scheduler = self.lr_schedulers()
             if scheduler is not None:
                 scheduler.step()
-            if self.ema is not None:
+            if self.ema is not None and finite:
                 self.ema.update(self.autoencoder)
                 logs["ema_decay"] = torch.tensor(self.ema.current_decay())
-
-        if self.loss.discriminator_active(step):
-            d_loss, d_logs = self.loss.discriminator_loss(x, recon.detach(), step)
-            self.manual_backward(d_loss / self.accumulate)
-            logs.update(d_logs)
-            if boundary:
-                logs["grad_norm/discriminator"] = self._clip_and_norm(opt_d)
+            if disc_active:
                 self._step_discriminator(opt_d)
+            logs["nonfinite_steps"] = self.nonfinite.skipped.float()
         self.log("train/rec", logs.pop("rec"), prog_bar=True, on_step=True)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, on_step=True)
 

@@ -6,6 +6,7 @@
 The objective (schedule, parameterisation, weighting, timestep sampling) is a separate object;
 the UNet never knows which one is used. The frozen VAE and text encoder are not trained, never
 reach the optimizer and are left out of checkpoints (they are rebuilt from their own sources).
+A step with a non-finite loss or gradient is skipped and counted (`NonFiniteGuard`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import nn
 
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
+from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.lit.frozen import FrozenStateMixin
 from ldm_train.sampling.pipeline import GuidedSampler
 from ldm_train.text_to_image import generate
@@ -46,6 +48,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         loss_buckets: int = 4,
         sample_prompts: Sequence[str] = ("a photo of a sneaker",),
         sampler: GuidedSampler | None = None,
+        max_nonfinite_steps: int = 20,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_drop_prob < 1.0:
@@ -67,6 +70,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         self.sample_prompts = list(sample_prompts)
         self.sampler = sampler or GuidedSampler()
         self.latent_shape: tuple[int, ...] | None = None
+        self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
 
     # -- frozen parts ---------------------------------------------------------------------------
     def train(self, mode: bool = True) -> LatentDiffusionModule:
@@ -125,6 +129,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         self.latent_shape = tuple(z.shape[1:])
         per_sample, t = self.objective.loss(self.unet, z, context)  # B, B
         loss = per_sample.mean()
+        self.nonfinite.observe(loss)
         self.log("train/loss", loss, prog_bar=True)
         self._log_buckets(per_sample.detach(), t)
         return loss
@@ -141,11 +146,15 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         norms = [p.grad.detach().norm() for p in self.unet.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.stack(norms).norm(), on_step=True, on_epoch=False)
+        grad_norm = torch.stack(norms).norm() if norms else None
+        if grad_norm is not None:
+            self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False)
+        # Before clipping and the update: a non-finite step loses its gradients, so the step is a no-op.
+        self.nonfinite.check([optimizer], [] if grad_norm is None else [grad_norm], self.trainer.strategy)
+        self.log("train/nonfinite_steps", self.nonfinite.skipped.float(), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 and not self.nonfinite.last_skipped
         if self.ema is not None and stepped:
             self.ema.update(self.unet)
             self.log("train/ema_decay", self.ema.current_decay(), on_step=True, on_epoch=False)
