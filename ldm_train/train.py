@@ -13,6 +13,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,6 +50,8 @@ def run(cfg: DictConfig) -> float | None:
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
+    if not loggers:  # Lightning refuses an LR monitor without a logger (logger=none, debug=fast_dev_run)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     _log_batch_geometry(cfg, trainer)
 

@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from ldm_train.autoencoder.export import load_first_stage
 from ldm_train.metrics.fashion_data import fashion_mnist_tensors, to_model_range
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1000, help="first N test images")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="also write the JSON summary to this file")
     parser.add_argument(
         "--lpips-net",
         default="vgg",
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         autoencoder, batches, lpips_net=None if args.lpips_net == "none" else args.lpips_net
     )
     # The result goes to stdout (pipe it into a file); logs go to stderr.
-    sys.stdout.write(json.dumps({"ckpt": args.ckpt, **scores}) + "\n")
+    text = json.dumps({"ckpt": args.ckpt, **scores}) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
     return 0
 
 

@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--classifier", default=None, help="classifier file (default: the assets folder's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=None, help="also write the JSON summary to this file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -96,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         "fid": fid_of_samples(images, fid, args.fid_batch_size),
         "fid_real_images": args.fid_real,
     }
-    sys.stdout.write(json.dumps(summary, indent=2) + "\n")  # the result, on stdout; logs go to stderr
+    text = json.dumps(summary, indent=2) + "\n"
+    sys.stdout.write(text)  # the result, on stdout; logs go to stderr
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
     return 0
 
 

@@ -130,7 +130,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         per_sample, t = self.objective.loss(self.unet, z, context)  # B, B
         loss = per_sample.mean()
         self.nonfinite.observe(loss)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(z))
         self._log_buckets(per_sample.detach(), t)
         return loss
 
@@ -168,9 +168,9 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
             noise = torch.randn(z.shape, generator=generator).to(z)
             t = torch.full((len(z),), t_value, device=z.device, dtype=torch.long)
             loss_t = self.objective.loss_at(self.sampling_unet, z, context, t, noise).mean()
-            self.log(f"val/loss_t{t_value}", loss_t, sync_dist=True)
+            self.log(f"val/loss_t{t_value}", loss_t, sync_dist=True, batch_size=len(z))
             losses.append(loss_t)
-        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
+        self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True, batch_size=len(z))
 
     # -- images ------------------------------------------------------------------------------------
     @torch.no_grad()
