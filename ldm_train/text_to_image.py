@@ -72,7 +72,7 @@ class TextToImage:
         """From a phase-2 run directory (its last checkpoint), a `.ckpt`, or `latest` (newest run
         under `log_dir`)."""
         ckpt_path = find_checkpoint(path, stage="ldm", log_dir=log_dir)
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain data only
         cfg = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
         unet = instantiate(cfg.unet)
         state = checkpoint["state_dict"]

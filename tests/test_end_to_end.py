@@ -63,7 +63,8 @@ def test_phase1_exports_weights_with_latent_scale(phase1: Path):
     assert torch.allclose(state["latent_norm.scale"], torch.tensor(meta["latent_scale"]))
     assert not torch.allclose(state["latent_norm.scale"], torch.ones(4)), "latent scale was never estimated"
     assert (phase1 / "checkpoints" / "last.ckpt").is_file() and (phase1 / "FINISHED").is_file()
-    ckpt = torch.load(phase1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # Tensors and plain data only, so the safe `weights_only=True` loading works.
+    ckpt = torch.load(phase1 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("loss.perceptual.") for k in ckpt["state_dict"]), "frozen LPIPS saved"
     assert ckpt["hyper_parameters"]["config"]["stage_name"] == "autoencoder"
     assert sorted(p.name for p in (phase1 / "images").glob("reconstructions_*.png"))
@@ -96,7 +97,7 @@ def test_phase2_lowers_loss_on_the_phase1_export(phase2: Path, phase1: Path):
     loss = series(rows, "train/loss")
     assert mean(loss[-3:]) < 0.7 * mean(loss[:3]), loss
     assert series(rows, "val/loss") and series(rows, "train/grad_norm") and series(rows, "train/ema_decay")
-    ckpt = torch.load(phase2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(phase2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("ema.shadow.") for k in keys) and any(k.startswith("unet.") for k in keys)
     assert not any(k.startswith(("first_stage.", "text_encoder.")) for k in keys), "frozen parts saved"
