@@ -106,7 +106,7 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)  # stopped by max_epochs, max_time or a callback, between saves
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
 
     # -- preemption -----------------------------------------------------------------------------
