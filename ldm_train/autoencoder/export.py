@@ -7,34 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import autoencoder_from_diffusers, load_autoencoder_init
+from ldm_train.files import atomic_write
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "export"
 WEIGHTS = "autoencoder.safetensors"
 CONFIG = "autoencoder.json"
 FORMAT_VERSION = 1
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder + rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def export_autoencoder(autoencoder: AutoencoderKL, run_dir: str | Path) -> Path:
@@ -48,8 +33,8 @@ def export_autoencoder(autoencoder: AutoencoderKL, run_dir: str | Path) -> Path:
         "latent_scale": autoencoder.latent_norm.scale.tolist(),
         "latent_shift": autoencoder.latent_norm.shift.tolist(),
     }
-    _atomic_write(out / WEIGHTS, lambda tmp: save_file(state, tmp))
-    _atomic_write(out / CONFIG, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2)))
+    atomic_write(out / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(out / CONFIG, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return out / WEIGHTS
 
 

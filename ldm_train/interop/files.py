@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+
+from ldm_train import files
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -23,19 +24,9 @@ def save_safetensors_atomic(
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write `tensors` (CPU, contiguous copies) to `path` via a temporary file in the same folder + rename."""
-    path = Path(path)
-    _check_target(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; exports are shared files
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    """Write `tensors` to `path` atomically; an existing file is replaced only with `overwrite`."""
+    _check_target(Path(path), overwrite)
+    return files.save_safetensors_atomic(tensors, path, metadata)
 
 
 def publish_folder(write: Callable[[Path], None], out_dir: str | Path, overwrite: bool = False) -> Path:

@@ -4,9 +4,7 @@ and found again by run directory or `latest`."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,6 +15,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from ldm_train.files import atomic_write, temp_pattern
 
 log = logging.getLogger(__name__)
 LAST = "last.ckpt"
@@ -33,29 +33,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):  # remote filesystems: fsspec's own semantics
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a process killed mid-write
+        for stale in target.parent.glob(temp_pattern(target)):  # left by a process killed mid-write
             stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared files
-            os.replace(tmp, target)
-            _fsync_dir(target.parent)  # make the rename itself survive a power cut
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        atomic_write(target, lambda tmp: torch.save(checkpoint, tmp))
 
 
 class LastCheckpoint(L.Callback):

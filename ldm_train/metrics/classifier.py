@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ldm_train.assets import assets_dir
-from ldm_train.metrics.atomic_save import save_safetensors_atomic
+from ldm_train.files import save_safetensors_atomic
 
 NUM_CLASSES = 10
 CLASSIFIER_FILE = "fashion_mnist_classifier.safetensors"

