@@ -15,6 +15,13 @@ drops t = 0, and its DDIMScheduler steps to t − ⌊T/N⌋ whatever the spacing
 linspace, and for trailing when N does not divide T); here every sampler uses the one grid above.
 At fractional t diffusers interpolates σ linearly, we interpolate ln σ (discrete.py) so that σ → t → σ
 round-trips; the two differ by < 1e-4 relative.
+
+Rectified-flow models (diffusion/flow.py) name noise levels by t ∈ [0, 1] and start from pure noise, t = 1
+(`flow_sigmas`): u_i evenly spaced, then shifted, t_i = s·u_i/(1 + (s − 1)·u_i) (SD3 §5.3.2):
+  - "linspace": u from 1 down to shift(1/T), N points — SD3's reference sampler and diffusers'
+                FlowMatchEuler/HeunDiscreteScheduler (the end point is the *shifted* 1/T, shifted again).
+  - "trailing": u_i = (1 − 1/T)·(1 − i/N) — DPMSolverMultistepScheduler(use_flow_sigmas=True).
+"leading" (which never reaches t = 1), Karras grids and final_sigma="sigma_min" have no flow counterpart here.
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ldm_train.diffusion.flow import shift_time
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.sampling.discrete import sampling_sigmas, t_to_sigma
 
 Spacing = Literal["leading", "linspace", "trailing"]
+FLOW_SPACINGS: tuple[str, ...] = ("linspace", "trailing")
 FinalSigma = Literal["zero", "sigma_min"]
 KARRAS_RHO = 7.0  # Karras et al. (2022), §3: "ρ = 7 … for all experiments"
 
@@ -89,3 +98,24 @@ def make_sigmas(
     else:
         raise ValueError(f"unknown final_sigma {final_sigma!r}; use 'zero' or 'sigma_min'")
     return torch.cat([sigmas, last]).float()
+
+
+def flow_sigmas(
+    num_train_timesteps: int, num_steps: int, shift: float = 1.0, spacing: str = "linspace"
+) -> Tensor:  # -> N+1 (float32, CPU), decreasing from ≤ 1 to 0
+    """Noise levels t_0 > … > t_{N−1} > t_N = 0 of an N-step flow sampler, as diffusers' flow schedulers build them."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0 (1 = no shift), got {shift}")
+    if spacing == "linspace":
+        u_min = float(shift_time(torch.tensor(1 / num_train_timesteps, dtype=torch.float64), shift))
+        u = torch.linspace(1.0, u_min, num_steps, dtype=torch.float64)
+    elif spacing == "trailing":
+        u = (1 - 1 / num_train_timesteps) * (1 - torch.arange(num_steps, dtype=torch.float64) / num_steps)
+    else:
+        raise ValueError(
+            f"spacing {spacing!r} has no rectified-flow grid; use one of {', '.join(FLOW_SPACINGS)} "
+            "(linspace: SD3 / FlowMatchEulerDiscreteScheduler, trailing: DPMSolverMultistepScheduler's flow grid)"
+        )
+    return torch.cat([shift_time(u, shift), torch.zeros(1, dtype=torch.float64)]).float()

@@ -12,6 +12,12 @@ with σ_t(η) from eq. 16, divided through by √ᾱ_{t−1}, reads x' = x̂_0 +
 σ_up = η·σ'·√(1 − σ'²/σ²) and σ_down = √(σ'² − σ_up²) — Euler to σ_down plus fresh noise of std
 σ_up, i.e. k-diffusion's ancestral step. η = 1 is DDPM's posterior q(x_{t−1} | x_t, x̂_0)
 (Ho et al. 2020, eqs. 6–7), and η = 0 is deterministic DDIM, which is Euler on this grid.
+
+Rectified-flow models (`FlowDenoiser`, sigmas = t from 1 to 0, x = x_t = (1 − t)·x_0 + t·ε) use the same
+signature. There (x − D)/σ = (x_t − x̂_0)/t = v̂, so `sample_euler` and `sample_heun` are, unchanged, Euler and
+Heun on the flow ODE dx_t/dt = v (diffusers' FlowMatchEuler/HeunDiscreteScheduler). DPM-Solver++ depends on the
+path's α_t = 1 − t and has its own function; the ancestral samplers (ddpm, ddim, euler_a) add noise for the VP
+path and do not apply: `get_sampler(name, flow=True)` names the ones that do.
 """
 
 from __future__ import annotations
@@ -166,6 +172,38 @@ def sample_dpmpp_2m(
     return x
 
 
+@torch.no_grad()
+def sample_flow_dpmpp_2m(
+    denoiser: Denoise,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    noise_fn: NoiseFn | None = None,
+    callback: StepCallback | None = None,
+    lower_order_final: bool = True,
+) -> Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) on the rectified-flow path x_t = α_t·x_0 + σ_t·ε with α_t = 1 − t,
+    σ_t = t, in λ = ln(α_t/σ_t): x_{i+1} = (σ_{i+1}/σ_i)·x_i − α_{i+1}·(e^{−h} − 1)·D, h = λ_{i+1} − λ_i, with D the
+    multistep data estimate of `sample_dpmpp_2m` (same first-order steps). `sigmas` are t, from ≤ 1 down to 0."""
+    num_steps = len(sigmas) - 1
+    lambdas = (1 - sigmas).log() - sigmas.log()  # −inf at t = 1, +inf at t = 0
+    old_denoised, h_last = None, None
+    for i in range(num_steps):
+        denoised = _denoise(denoiser, x, sigmas[i])
+        if callback is not None:
+            callback(i, x, denoised)
+        h = lambdas[i + 1] - lambdas[i]  # +inf from t = 1 or to t = 0
+        last_low = lower_order_final and i == num_steps - 1 and num_steps < LOWER_ORDER_FINAL_MAX_STEPS
+        if old_denoised is None or sigmas[i + 1] == 0 or last_low or not torch.isfinite(h_last):
+            estimate = denoised
+        else:
+            r = h_last / h
+            estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
+        x = sigmas[i + 1] / sigmas[i] * x - (1 - sigmas[i + 1]) * torch.expm1(-h) * estimate
+        old_denoised, h_last = denoised, h
+    return x
+
+
 SAMPLERS: dict[str, Sampler] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
@@ -176,7 +214,23 @@ SAMPLERS: dict[str, Sampler] = {
 }
 
 
-def get_sampler(name: str) -> Sampler:
+# The samplers that serve a rectified-flow model (module docstring), under the same names.
+FLOW_SAMPLERS: dict[str, Sampler] = {
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_flow_dpmpp_2m,
+}
+
+
+def get_sampler(name: str, flow: bool = False) -> Sampler:
+    """The sampler called `name`: for a discrete-time VP model, or with `flow=True` for a rectified-flow one."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}; use one of {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
+    if not flow:
+        return SAMPLERS[name]
+    if name not in FLOW_SAMPLERS:
+        raise ValueError(
+            f"sampler {name!r} cannot sample a rectified-flow model (diffusion=flow): its noise is that of the "
+            f"variance-preserving path; use one of {', '.join(FLOW_SAMPLERS)}"
+        )
+    return FLOW_SAMPLERS[name]

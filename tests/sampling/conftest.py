@@ -1,4 +1,4 @@
-"""Shared fixtures for the sampler tests: a tiny deterministic "network" and diffusers' loop."""
+"""Shared fixtures for the sampler tests: tiny deterministic "networks" (VP and flow) and diffusers' loop."""
 
 from __future__ import annotations
 
@@ -46,6 +46,40 @@ class ToyUNet(nn.Module):
 @pytest.fixture
 def toy_unet():
     return ToyUNet
+
+
+FLOW_T = 1000  # the flow models' timestep scale (FlowSchedule.num_timesteps)
+
+
+class ToyFlowNet(nn.Module):
+    """A fixed function (x_t, t·T, context) -> v̂: the exact velocity E[ε − x_0 | x_t] for N(0, DATA_STD²) data,
+    plus a nonlinear, t-dependent conv term (so that the samplers' details matter)."""
+
+    def __init__(self, channels: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        with torch.no_grad():
+            for p in self.conv.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+        self.timesteps: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(x.shape[0])
+        self.timesteps.append(timestep)
+        t = (timestep / FLOW_T).view(-1, 1, 1, 1)
+        variance = (1 - t) ** 2 * DATA_STD**2 + t**2
+        velocity = (t - (1 - t) * DATA_STD**2) * x / variance  # E[ε | x_t] − E[x_0 | x_t]
+        velocity = velocity + 0.1 * torch.tanh(self.conv(x)) * (1 + 0.5 * torch.sin(timestep / 150)).view(-1, 1, 1, 1)
+        if context is not None:
+            velocity = velocity + 0.3 * context.float().mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        return velocity
+
+
+@pytest.fixture
+def toy_flow_net():
+    return ToyFlowNet
 
 
 def run_diffusers(
