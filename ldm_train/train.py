@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from ldm_train.config_check import check_config
+from ldm_train.config_rules import check_only, validate_config
 from ldm_train.console import print_config
 from ldm_train.distributed import distributed_job
 from ldm_train.loggers import finish_loggers
@@ -37,7 +37,7 @@ def instantiate_group(group: DictConfig | None) -> list:
 def run(cfg: DictConfig) -> float | None:
     """Train one stage as configured; returns `cfg.optimized_metric` (for sweepers)."""
     if cfg.check_config:
-        check_config(cfg)
+        validate_config(cfg)
     prepare_run(cfg)  # git sha into the config; a resumed run keeps its W&B run id
     L.seed_everything(cfg.seed, workers=True)
     if cfg.deterministic:
@@ -88,5 +88,7 @@ def _log_batch_geometry(cfg: DictConfig, trainer: L.Trainer) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    if cfg.check == "only":  # print the config and the check's verdict; build nothing
+        return check_only(cfg)
     with distributed_job():  # this job's ranks run this job's overrides; torn down after it
         return run(cfg)

@@ -103,10 +103,10 @@ def test_first_stage_latest_without_export_names_the_fix(tmp_path):
     "args,expected",
     [
         (["autoencoder.chh=3"], "Could not override 'autoencoder.chh'"),
-        (["+autoencoder.chh=3"], "autoencoder.chh (for ldm_train.autoencoder.autoencoder_kl.AutoencoderKL): unknown key 'chh'; did you mean 'ch'?"),
+        (["+autoencoder.chh=3"], "autoencoder.chh=3 (for ldm_train.autoencoder.autoencoder_kl.AutoencoderKL): unknown key 'chh'; did you mean 'ch'?"),
         (["autoencoder.ch=wide"], "autoencoder.ch (for ldm_train.autoencoder.autoencoder_kl.AutoencoderKL): expected int, got 'wide'"),
         (["trainer=gpux"], "Could not find 'trainer/gpux'"),
-        (["optim.lr=fast"], "optim.optimizer.lr (for torch.optim.Adam): expected float | torch.Tensor, got 'fast'"),
+        (["optim.lr=fast"], "optim.lr (read as optim.optimizer.lr by torch.optim.Adam): expected float, got 'fast'"),
     ],
 )
 def test_bad_input_fails_before_any_model_is_built(args, expected, tmp_path: Path):

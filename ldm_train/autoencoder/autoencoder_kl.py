@@ -9,6 +9,7 @@ from ldm_train.autoencoder.decoder import Decoder
 from ldm_train.autoencoder.distribution import DiagonalGaussian
 from ldm_train.autoencoder.encoder import Encoder
 from ldm_train.autoencoder.latent_norm import LatentNorm
+from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt, check_arguments
 
 
 def _json_ready(value: float | Sequence[float]) -> float | list[float]:
@@ -26,24 +27,25 @@ class AutoencoderKL(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 3,
-        out_channels: int | None = None,
-        ch: int = 128,
-        ch_mult: Sequence[int] = (1, 2, 4, 4),
-        num_res_blocks: int = 2,
-        z_channels: int = 4,
-        embed_dim: int = 4,
-        attn_resolutions: Sequence[int] = (),
+        in_channels: PositiveInt = 3,
+        out_channels: PositiveInt | None = None,
+        ch: PositiveInt = 128,
+        ch_mult: Sequence[PositiveInt] = (1, 2, 4, 4),
+        num_res_blocks: NonNegativeInt = 2,
+        z_channels: PositiveInt = 4,
+        embed_dim: PositiveInt = 4,
+        attn_resolutions: Sequence[PositiveInt] = (),
         mid_attention: bool = True,
-        resolution: int = 256,
-        dropout: float = 0.0,
-        norm_groups: int = 32,
+        resolution: PositiveInt = 256,
+        dropout: OpenUnitInterval = 0.0,
+        norm_groups: PositiveInt = 32,
         use_quant_conv: bool = True,
         scaling_factor: float | Sequence[float] = 1.0,
         shift_factor: float | Sequence[float] = 0.0,
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
+        check_arguments(AutoencoderKL.__init__, locals())
         if not use_quant_conv and embed_dim != z_channels:
             raise ValueError(
                 f"use_quant_conv=False needs embed_dim == z_channels (got {embed_dim} and {z_channels}); "

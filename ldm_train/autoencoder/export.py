@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Annotated
 
 from safetensors.torch import load_file, save_file
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import autoencoder_from_diffusers, load_autoencoder_init
+from ldm_train.constraints import PathExists
 from ldm_train.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,20 @@ def load_exported_autoencoder(path: str | Path) -> AutoencoderKL:
     return model
 
 
-def load_first_stage(ckpt: str = "latest", search_dirs: list[str] | None = None, config: dict | None = None) -> AutoencoderKL:
+LATEST = "latest"
+FirstStageSource = Annotated[str, PathExists(sentinels=(LATEST,))]
+
+
+def load_first_stage(
+    ckpt: FirstStageSource = LATEST, search_dirs: list[str] | None = None, config: dict | None = None
+) -> AutoencoderKL:
     """The frozen VAE of phase 2 (eval, no grad), from:
     - `latest`: the newest phase-1 export under `search_dirs`;
     - a phase-1 run directory or its `export/` folder, or an `autoencoder.safetensors` export;
     - a diffusers `AutoencoderKL` folder (config.json + weights);
     - an original-layout SD VAE `.safetensors`/`.ckpt` (then `config` gives the AutoencoderKL arguments).
     """
-    if ckpt == "latest":
+    if ckpt == LATEST:
         path = find_latest_export(search_dirs or [])
     else:
         path = Path(ckpt)

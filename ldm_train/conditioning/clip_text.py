@@ -8,6 +8,7 @@ from transformers import AutoTokenizer, BatchEncoding, CLIPTextModel
 from ldm_train.conditioning.clip_bpe import CLIP_CONTEXT_LENGTH
 from ldm_train.conditioning.hub import load_pretrained
 from ldm_train.conditioning.text_encoder import FrozenTextEncoder
+from ldm_train.constraints import PositiveInt
 
 LAYERS = ("last", "penultimate")
 
@@ -27,7 +28,7 @@ class CLIPTextEncoder(FrozenTextEncoder):
         self,
         pretrained: str = "openai/clip-vit-large-patch14",
         layer: Literal["last", "penultimate"] = "last",
-        max_length: int = CLIP_CONTEXT_LENGTH,
+        max_length: PositiveInt = CLIP_CONTEXT_LENGTH,
         cache_dir: str | None = None,
         model_subfolder: str = "",
         tokenizer_subfolder: str = "",

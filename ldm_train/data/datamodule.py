@@ -15,6 +15,7 @@ metrics should be synchronised at epoch end (torchmetrics does), not per step.
 import lightning as L
 import torch
 
+from ldm_train.constraints import NonNegativeInt, PositiveInt, check_arguments
 from ldm_train.data.samples import SampleDecoder
 from ldm_train.data.shardlist import expand_shards
 from ldm_train.data.stream import EpochLoader, ShardStream
@@ -34,25 +35,26 @@ class WebDatasetDataModule(L.LightningDataModule):
         self,
         train_shards: str,
         val_shards: str | None = None,
-        batch_size: int = 32,
-        val_batch_size: int | None = None,
-        resolution: int = 256,
-        num_workers: int = 4,
+        batch_size: PositiveInt = 32,
+        val_batch_size: PositiveInt | None = None,
+        resolution: PositiveInt = 256,
+        num_workers: NonNegativeInt = 4,
         caption_key: str | None = "txt",
         label_key: str | None = None,
         random_crop: bool = False,
         hflip: bool = True,
-        shuffle_buffer: int = 1000,
-        samples_per_epoch: int | None = None,
+        shuffle_buffer: NonNegativeInt = 1000,
+        samples_per_epoch: PositiveInt | None = None,
         resampled: bool = False,
-        seed: int = 0,
+        seed: NonNegativeInt = 0,
         persistent_workers: bool = True,
         pin_memory: bool = True,
-        prefetch_factor: int = 2,
-        rank: int = 0,
-        world_size: int = 1,
+        prefetch_factor: PositiveInt = 2,
+        rank: NonNegativeInt = 0,
+        world_size: PositiveInt = 1,
     ):
         super().__init__()
+        check_arguments(WebDatasetDataModule.__init__, locals())
         if resampled and samples_per_epoch is None:
             raise ValueError(
                 "resampled=True streams endlessly: also set samples_per_epoch (the epoch length)"

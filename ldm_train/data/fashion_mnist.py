@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets import FashionMNIST
 
+from ldm_train.constraints import NonNegativeInt, PositiveInt
 from ldm_train.data.datamodule import WebDatasetDataModule
 from ldm_train.data.idx import read_idx
 from ldm_train.data.shardlist import expand_shards
@@ -166,20 +167,20 @@ class FashionMNISTDataModule(WebDatasetDataModule):
     def __init__(
         self,
         data_dir: str,
-        resolution: int = 32,
-        batch_size: int = 128,
-        num_workers: int = 2,
+        resolution: PositiveInt = 32,
+        batch_size: PositiveInt = 128,
+        num_workers: NonNegativeInt = 2,
         hflip: bool = True,
-        shuffle_buffer: int = 1000,
-        max_train_samples: int | None = None,
-        max_val_samples: int | None = None,
-        samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+        shuffle_buffer: NonNegativeInt = 1000,
+        max_train_samples: PositiveInt | None = None,
+        max_val_samples: PositiveInt | None = None,
+        samples_per_shard: PositiveInt = DEFAULT_SAMPLES_PER_SHARD,
         source_dir: str = DEBIAN_DIR,
-        seed: int = 0,
+        seed: NonNegativeInt = 0,
         persistent_workers: bool = True,
         pin_memory: bool = True,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: NonNegativeInt = 0,
+        world_size: PositiveInt = 1,
     ):
         super().__init__(
             train_shards="",  # known once the shards exist, see setup()

@@ -22,6 +22,7 @@ from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import load_autoencoder_init
 from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.autoencoder.losses import AutoencoderLoss
+from ldm_train.constraints import ExistingPath, OpenUnitInterval, PositiveFloat, PositiveInt, check_arguments
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.lit.frozen import FrozenStateMixin
@@ -42,14 +43,15 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         optimizer: OptimizerFactory,
         disc_optimizer: OptimizerFactory,
         lr_scheduler: SchedulerFactory | None = None,
-        grad_clip: float | None = None,
-        accumulate_grad_batches: int = 1,
-        ema_decay: float | None = None,
-        latent_scale_batches: int = 16,
-        init_from: str | None = None,
-        max_nonfinite_steps: int = 20,
+        grad_clip: PositiveFloat | None = None,
+        accumulate_grad_batches: PositiveInt = 1,
+        ema_decay: OpenUnitInterval | None = None,
+        latent_scale_batches: PositiveInt = 16,
+        init_from: ExistingPath | None = None,
+        max_nonfinite_steps: PositiveInt = 20,
     ) -> None:
         super().__init__()
+        check_arguments(AutoencoderModule.__init__, locals())
         if init_from:  # fine-tune a pretrained VAE: diffusers folder, SD .safetensors or .ckpt
             load_autoencoder_init(autoencoder, init_from)
         self.automatic_optimization = False

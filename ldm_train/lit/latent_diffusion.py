@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt, check_arguments
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
@@ -40,19 +41,18 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         objective: DiffusionObjective,
         optimizer: OptimizerFactory,
         lr_scheduler: SchedulerFactory | None = None,
-        ema_decay: float | None = 0.9999,
-        cond_drop_prob: float = 0.1,
-        text_cache_size: int = 256,
-        val_timesteps: Sequence[int] = (50, 250, 500, 750, 950),
-        val_seed: int = 1234,
-        loss_buckets: int = 4,
+        ema_decay: OpenUnitInterval | None = 0.9999,
+        cond_drop_prob: OpenUnitInterval = 0.1,
+        text_cache_size: NonNegativeInt = 256,
+        val_timesteps: Sequence[NonNegativeInt] = (50, 250, 500, 750, 950),
+        val_seed: NonNegativeInt = 1234,
+        loss_buckets: PositiveInt = 4,
         sample_prompts: Sequence[str] = ("a photo of a sneaker",),
         sampler: GuidedSampler | None = None,
-        max_nonfinite_steps: int = 20,
+        max_nonfinite_steps: PositiveInt = 20,
     ) -> None:
         super().__init__()
-        if not 0.0 <= cond_drop_prob < 1.0:
-            raise ValueError(f"cond_drop_prob must be in [0, 1), got {cond_drop_prob}.")
+        check_arguments(LatentDiffusionModule.__init__, locals())
         _check_compatible(unet, first_stage, text_encoder)
         self.unet = unet
         self.first_stage = first_stage.eval().requires_grad_(False)

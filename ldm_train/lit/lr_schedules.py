@@ -11,17 +11,21 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ldm_train.constraints import NonNegativeInt, UnitInterval, check_arguments
 
-def warmup_constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+
+def warmup_constant(optimizer: Optimizer, total_steps: int, warmup_steps: NonNegativeInt = 0) -> LambdaLR:
     """Linear warm-up from 0 over `warmup_steps`, then constant (`total_steps` unused)."""
+    check_arguments(warmup_constant, locals())
     del total_steps
     return LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
 
 
 def warmup_cosine(
-    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, final_lr_fraction: float = 0.0
+    optimizer: Optimizer, total_steps: int, warmup_steps: NonNegativeInt = 0, final_lr_fraction: UnitInterval = 0.0
 ) -> LambdaLR:
     """Linear warm-up, then cosine decay to `final_lr_fraction`·lr at `total_steps`."""
+    check_arguments(warmup_cosine, locals())
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt, check_arguments
 from ldm_train.nn import ResBlock, TimestepMLP, timestep_embedding
 from ldm_train.unet.blocks import DownBlock, MidBlock, UpBlock
 from ldm_train.unet.transformer import SpatialTransformer
@@ -54,23 +55,24 @@ class UNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 4,
-        out_channels: int = 4,
-        model_channels: int = 320,
-        channel_mult: Sequence[int] = (1, 2, 4, 4),
-        num_res_blocks: int = 2,
-        attention_levels: Sequence[int] = (0, 1, 2),
-        num_heads: int | None = 8,
-        num_head_channels: int | None = None,
-        transformer_depth: int = 1,
-        context_dim: int = 768,
+        in_channels: PositiveInt = 4,
+        out_channels: PositiveInt = 4,
+        model_channels: PositiveInt = 320,
+        channel_mult: Sequence[PositiveInt] = (1, 2, 4, 4),
+        num_res_blocks: PositiveInt = 2,
+        attention_levels: Sequence[NonNegativeInt] = (0, 1, 2),
+        num_heads: PositiveInt | None = 8,
+        num_head_channels: PositiveInt | None = None,
+        transformer_depth: PositiveInt = 1,
+        context_dim: PositiveInt = 768,
         use_linear_projection: bool = False,
         resblock_scale_shift: bool = False,
-        norm_groups: int = 32,
-        dropout: float = 0.0,
+        norm_groups: PositiveInt = 32,
+        dropout: OpenUnitInterval = 0.0,
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
+        check_arguments(UNet.__init__, locals())
         channel_mult, attention_levels = tuple(channel_mult), tuple(sorted(set(attention_levels)))
         widths = [model_channels * m for m in channel_mult]
         self._check_args(widths, attention_levels, num_heads, num_head_channels, norm_groups)
