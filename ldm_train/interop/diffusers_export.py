@@ -9,7 +9,8 @@ the latent scale as `scaling_factor`), `text_encoder/` + `tokenizer/` (see text_
 context is made equal to ours), `scheduler/` (the sampler settings, see scheduler.py) and `model_index.json`
 (no safety checker, no feature extractor). Given the same prompts, per-image generators, step count and guidance
 scale, the pipeline's images equal `generate(...)` with `GuidedSampler(**asdict(settings))` up to float rounding
-— except for the two diffusers differences documented in scheduler.py.
+— except for the two diffusers differences documented in scheduler.py. A rectified-flow model is exported with a
+flow scheduler (DPMSolverMultistepScheduler with use_flow_sigmas, see scheduler.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from torch import nn
 
 from ldm_train.autoencoder.layouts import to_diffusers_state_dict
+from ldm_train.diffusion.flow import FlowSchedule
 from ldm_train.interop.files import publish_folder
 from ldm_train.interop.scheduler import SamplerSettings, scheduler_config
 from ldm_train.interop.text_encoder import pipeline_text_encoder
@@ -85,11 +87,16 @@ def export_diffusers(
     """
     settings = settings or SamplerSettings()
     diffusers_pipe = to_diffusers_pipeline(pipe, settings)
-    if settings.sampler == "dpmpp_2m" and settings.spacing != "trailing" and not settings.karras:
+    if isinstance(pipe.schedule, FlowSchedule):
+        log.info(
+            "Flow model: the pipeline samples as our %s with spacing='trailing', quantize_t=True (scheduler.py)",
+            settings.sampler,
+        )
+    elif settings.sampler == "dpmpp_2m" and settings.spacing not in ("trailing",) and not settings.karras:
         log.info(
             "DPMSolverMultistepScheduler spaces %s timesteps differently from our sampler; for identical "
             "images pass timesteps=ldm_train.interop.diffusers_timesteps(...) to the pipeline",
-            settings.spacing,
+            settings.spacing or "leading",
         )
     out = publish_folder(
         lambda tmp: diffusers_pipe.save_pretrained(tmp, safe_serialization=True), out_dir, overwrite

@@ -11,7 +11,15 @@ parity tests in tests/sampling/test_sampler_parity.py; the table below writes ex
     dpmpp_2m  DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type,
               use_karras_sigmas)  — our sampler needs quantize_t=True to match its Karras grid
 
-Two known differences (tests/interop/test_diffusers_export.py measures both):
+A rectified-flow model (diffusion=flow) is exported with DPMSolverMultistepScheduler(use_flow_sigmas=True,
+flow_shift, prediction_type="flow_prediction"): dpmpp_2m with solver_order 2, euler with solver_order 1
+(first-order DPM-Solver++ on the flow path is exactly the flow Euler step). It is the one diffusers flow scheduler
+that StableDiffusionPipeline can drive: FlowMatchEuler/HeunDiscreteScheduler have no `init_noise_sigma` or
+`scale_model_input`, so heun is not exported. Its grid is our flow spacing "trailing" and it passes ⌊t·T⌋ to the
+UNet: our images equal the pipeline's with GuidedSampler(spacing="trailing", quantize_t=True) (our flow default,
+SD3's "linspace" grid, gives other images).
+
+Two known differences for VP models (tests/interop/test_diffusers_export.py measures both):
   - DPMSolverMultistepScheduler builds its "leading" and "linspace" grids from N+1 points and drops t = 0
     (sampling/grid.py), so with those spacings its timesteps differ from ours. Pass our grid to the pipeline
     (`timesteps=diffusers_timesteps(...)`) or use spacing="trailing", where both agree.
@@ -28,8 +36,9 @@ from typing import Any
 
 import torch
 
+from ldm_train.diffusion.flow import FLOW_PREDICTION, FlowSchedule
 from ldm_train.diffusion.schedules import NoiseSchedule, build_schedule
-from ldm_train.sampling.grid import spaced_timesteps
+from ldm_train.sampling.grid import FLOW_SPACINGS, spaced_timesteps
 
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 SCHEDULER_CLASSES = {
@@ -57,6 +66,11 @@ DIFFUSERS_BETA_SCHEDULES = {
     "linear": "linear",
     "cosine": "squaredcos_cap_v2",
 }
+# Flow models: the samplers exported, as the solver order of DPMSolverMultistepScheduler(use_flow_sigmas=True).
+FLOW_SOLVER_ORDERS = {"dpmpp_2m": 2, "euler": 1}
+FLOW_EXPORT_SPACING = "trailing"  # the only flow grid DPMSolverMultistepScheduler builds (sampling/grid.py)
+DIFFUSERS_FLOW_PREDICTION = "flow_prediction"
+VP_DEFAULT_SPACING = "leading"  # GuidedSampler's default for VP models
 CONFIG_DIGITS = 12  # beta_start / beta_end are written rounded (√0.00085² is 0.00085 plus one ulp)
 BETAS_RTOL = 1e-9  # a named schedule must reproduce our float64 betas this closely to be written by name
 
@@ -90,9 +104,16 @@ def betas_config(schedule: NoiseSchedule) -> dict[str, Any]:
     }
 
 
-def schedule_from_config(config: Mapping[str, Any]) -> NoiseSchedule:
-    """The NoiseSchedule of a diffusers scheduler config (the inverse of `betas_config`)."""
+def schedule_from_config(config: Mapping[str, Any]) -> NoiseSchedule | FlowSchedule:
+    """The NoiseSchedule of a diffusers scheduler config (the inverse of `betas_config`), or the FlowSchedule of a
+    flow scheduler's (FlowMatch*, or DPMSolverMultistepScheduler with use_flow_sigmas)."""
     num_timesteps = int(config.get("num_train_timesteps", 1000))
+    if config.get("use_flow_sigmas") or config.get("prediction_type") == DIFFUSERS_FLOW_PREDICTION:
+        return FlowSchedule(num_timesteps, float(config.get("flow_shift", 1.0)))
+    if "shift" in config and "beta_schedule" not in config:  # FlowMatchEuler/HeunDiscreteScheduler
+        if config.get("use_dynamic_shifting"):
+            raise ValueError("a resolution-dependent (dynamic) flow shift is not supported; use a fixed `shift`.")
+        return FlowSchedule(num_timesteps, float(config["shift"]))
     zero_snr = bool(config.get("rescale_betas_zero_snr", False))
     if config.get("trained_betas") is not None:
         schedule = NoiseSchedule(torch.tensor(config["trained_betas"], dtype=torch.float64))
@@ -115,7 +136,9 @@ def schedule_from_config(config: Mapping[str, Any]) -> NoiseSchedule:
 
 def prediction_from_config(config: Mapping[str, Any]) -> str:
     """Our prediction name for a diffusers `prediction_type`."""
-    ours = {name: key for key, name in DIFFUSERS_PREDICTION.items()}
+    ours = {name: key for key, name in DIFFUSERS_PREDICTION.items()} | {DIFFUSERS_FLOW_PREDICTION: FLOW_PREDICTION}
+    if "shift" in config and "beta_schedule" not in config:  # FlowMatch*: the velocity, without a prediction_type
+        return FLOW_PREDICTION
     prediction_type = config.get("prediction_type", "epsilon")
     if prediction_type not in ours:
         raise ValueError(
@@ -130,10 +153,11 @@ class SamplerSettings:
     the step count and guidance scale are arguments of each pipeline call)."""
 
     sampler: str = "dpmpp_2m"
-    spacing: str = "leading"
+    spacing: str | None = None  # None: GuidedSampler's default of the model's family
     steps_offset: int = 1
     karras: bool = False
     final_sigma: str = "zero"
+    shift: float | None = None  # flow models: None is the model's own shift
 
     def check(self) -> None:
         """Raise for settings no diffusers scheduler reproduces (before any export work starts)."""
@@ -151,16 +175,56 @@ class SamplerSettings:
                 f"{SCHEDULER_CLASSES[self.sampler]} always ends at σ = 0; use final_sigma='zero' "
                 f"or one of {', '.join(SIGMA_MIN_SAMPLERS)}."
             )
-        spaced_timesteps(2, 1, self.spacing, 0)  # rejects an unknown spacing, naming the valid ones
+        if self.spacing is not None:
+            spaced_timesteps(2, 1, self.spacing, 0)  # rejects an unknown spacing, naming the valid ones
+        if self.shift is not None and self.shift <= 0:
+            raise ValueError(f"shift must be > 0 (1 = no shift), got {self.shift}")
+
+    def check_flow(self) -> None:
+        """Raise for settings that no diffusers scheduler reproduces for a rectified-flow model."""
+        self.check()
+        if self.sampler not in FLOW_SOLVER_ORDERS:
+            raise ValueError(
+                f"sampler {self.sampler!r} cannot be exported for a flow model: StableDiffusionPipeline can only drive "
+                f"DPMSolverMultistepScheduler(use_flow_sigmas=True); use one of {', '.join(FLOW_SOLVER_ORDERS)}."
+            )
+        if self.spacing is not None and self.spacing not in FLOW_SPACINGS:
+            raise ValueError(f"spacing {self.spacing!r} has no flow grid; use one of {', '.join(FLOW_SPACINGS)}.")
+        if self.karras or self.final_sigma != "zero":
+            raise ValueError("karras and final_sigma='sigma_min' apply to VP models only; a flow model ends at t = 0.")
+
+
+def flow_scheduler_config(schedule: FlowSchedule, settings: SamplerSettings) -> tuple[str, dict[str, Any]]:
+    """DPMSolverMultistepScheduler's config that samples the flow model as GuidedSampler(spacing="trailing",
+    quantize_t=True, the settings' sampler and shift) does (module docstring)."""
+    settings.check_flow()
+    return "DPMSolverMultistepScheduler", {
+        "num_train_timesteps": schedule.num_timesteps,
+        "prediction_type": DIFFUSERS_FLOW_PREDICTION,
+        "use_flow_sigmas": True,
+        "flow_shift": schedule.shift if settings.shift is None else settings.shift,
+        "algorithm_type": "dpmsolver++",
+        "solver_order": FLOW_SOLVER_ORDERS[settings.sampler],
+        "lower_order_final": True,
+        "final_sigmas_type": "zero",
+        "steps_offset": 1,  # unused by flow sigmas; StableDiffusionPipeline rewrites any other value, with a warning
+    }
 
 
 def scheduler_config(
     schedule: NoiseSchedule, prediction: str, settings: SamplerSettings | None = None
 ) -> tuple[str, dict[str, Any]]:
     """(diffusers scheduler class name, its config) that samples `schedule` as `GuidedSampler(**asdict(settings))`
-    does (default: GuidedSampler's defaults)."""
+    does (default: GuidedSampler's defaults); for a flow schedule see `flow_scheduler_config`."""
     settings = settings or SamplerSettings()
+    if isinstance(schedule, FlowSchedule):
+        return flow_scheduler_config(schedule, settings)
     settings.check()
+    if settings.shift is not None:
+        raise ValueError("shift applies to rectified-flow models (diffusion=flow) only; set it to None.")
+    if prediction == FLOW_PREDICTION:
+        raise ValueError("prediction 'flow' belongs to a FlowSchedule (diffusion=flow), not to a VP noise schedule.")
+    spacing = settings.spacing or VP_DEFAULT_SPACING
     sampler = settings.sampler
     if prediction not in DIFFUSERS_PREDICTION:
         raise ValueError(
@@ -171,12 +235,12 @@ def scheduler_config(
             f"{SCHEDULER_CLASSES[sampler]} cannot sample a zero-terminal-SNR schedule; "
             f"use one of {', '.join(ZERO_SNR_SAMPLERS)}."
         )
-    spaced_timesteps(schedule.num_timesteps, 1, settings.spacing, settings.steps_offset)  # offset < T
+    spaced_timesteps(schedule.num_timesteps, 1, spacing, settings.steps_offset)  # offset < T
     config: dict[str, Any] = {
         **betas_config(schedule),
         "prediction_type": DIFFUSERS_PREDICTION[prediction],
         # Our Karras grid spans the whole schedule; diffusers' Euler spans the spaced timesteps: equal for linspace.
-        "timestep_spacing": "linspace" if settings.karras else settings.spacing,
+        "timestep_spacing": "linspace" if settings.karras else spacing,
         "steps_offset": settings.steps_offset,
         **SCHEDULER_OPTIONS[sampler],
     }
