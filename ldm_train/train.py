@@ -49,6 +49,8 @@ def run(cfg: DictConfig) -> float | None:
     module = instantiate(cfg.module)
     module.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
     callbacks = instantiate_group(cfg.get("callbacks"))
+    if cfg.get("evaluation"):
+        callbacks.append(instantiate(cfg.evaluation))
     loggers = instantiate_group(cfg.get("logger"))
     if not loggers:  # Lightning refuses an LR monitor without a logger (logger=none, debug=fast_dev_run)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

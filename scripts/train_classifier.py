@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST classifier behind the generation-accuracy metric (once; about 10 CPU minutes).
 
-    python scripts/train_classifier.py                 # -> <assets>/classifiers/fashion_mnist_classifier.safetensors
+    python scripts/train_classifier.py                 # -> ldm_train/metrics/weights/fashion_mnist_classifier.safetensors
     python scripts/train_classifier.py --epochs 6 --out /tmp/clf.safetensors
 
 Reads the Debian package's idx files (`apt-get install dataset-fashion-mnist`), pads 28→32 with

@@ -17,11 +17,19 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = str(REPO / "configs")
 
 
+def without_evaluation(overrides: list[str]) -> list[str]:
+    """`evaluation=none` unless the test chooses an evaluation: the in-loop metrics load Inception
+    and reference statistics, which only the evaluation tests pay for."""
+    chooses = any(o.split("=")[0].lstrip("+~") == "evaluation" for o in overrides)
+    return overrides if chooses else ["evaluation=none", *overrides]
+
+
 def compose_config(overrides: list[str], root: Path) -> DictConfig:
     """The config `python train.py <overrides>` would run with, rooted at `root`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
+        cfg = compose("train", overrides=[f"paths.root_dir={root}", *without_evaluation(overrides)],
+                      return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(root / "run")
@@ -32,7 +40,7 @@ def compose_config(overrides: list[str], root: Path) -> DictConfig:
 def run_train(args: list[str], root: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python train.py <args>` with LDM_TRAIN_ROOT=root, offline, one thread per process."""
     env = {**os.environ, "LDM_TRAIN_ROOT": str(root), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
-    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=root, env=env,
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *without_evaluation(args)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -15,10 +15,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from ldm_train.conditioning import write_tiny_clip
+from ldm_train.evaluate_cli import main as evaluate_main
 from tests.helpers import REPO, read_metrics, run_dirs, run_train, series
 
 pytestmark = pytest.mark.slow
 STEPS = 60
+# The in-loop evaluation at tiny N (real Inception, classifier and test images): 16 held-out images in
+# phase 1, one sample per class prompt against 10 reference images in phase 2.
+EVAL_PHASE1 = ["evaluation=fashion_mnist_autoencoder", "evaluation.evaluator.reference.n=16",
+               "evaluation.evaluator.batch_size=16"]
+EVAL_PHASE2 = ["evaluation=fashion_mnist_ldm", "evaluation.evaluator.per_prompt=1", "evaluation.evaluator.reference.n=10"]
 DATA = ["trainer.log_every_n_steps=5", "data.max_train_samples=512", "data.max_val_samples=128", "data.num_workers=0", "data.batch_size=16"]
 
 
@@ -37,7 +43,7 @@ def phase1(root: Path) -> Path:
         ["stage=autoencoder", "autoencoder=tiny", "perceptual=lpips_alex", "discriminator.ndf=8",
          "discriminator.n_layers=2", "module.loss.disc_start=40", "optim.lr=2e-3", f"trainer.max_steps={STEPS}",
          "trainer.val_check_interval=30", "trainer.limit_val_batches=2", "callbacks.images.every_n_steps=30",
-         "module.latent_scale_batches=2", *DATA],
+         "module.latent_scale_batches=2", *DATA, *EVAL_PHASE1],
         root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -54,7 +60,25 @@ def test_phase1_lowers_reconstruction_loss_and_counts_steps_right(phase1: Path):
     assert max(steps) == STEPS - 1
     d_steps = [int(r["step"]) for r in rows if r.get("train/d_loss")]
     assert d_steps and min(d_steps) >= 40, "the discriminator must not run before disc_start"
-    assert series(rows, "val/psnr") and series(rows, "val/ssim") and series(rows, "val/rec_loss")
+    assert series(rows, "val/rec_loss")
+    # The evaluation callback: after step 30 and at the end, with N in the FID key.
+    evaluated = [int(r["step"]) for r in rows if r.get("val/psnr")]
+    assert evaluated == [30, STEPS], evaluated
+    assert len(series(rows, "val/ssim")) == len(series(rows, "val/lpips_vgg")) == len(series(rows, "val/rfid@16")) == 2
+    assert 10 < series(rows, "val/psnr")[-1] < 40
+    summary = json.loads((phase1 / "run_summary.json").read_text())
+    assert summary["step"] == STEPS and summary["images"] == STEPS * 16 and summary["peak_rss_mib"] > 100
+
+
+def test_phase1_evaluate_script_matches_the_in_loop_evaluation(phase1: Path, tmp_path: Path):
+    """One code path: the offline script scores the exported EMA weights exactly as the callback did."""
+    in_loop = json.loads((phase1 / "evaluation" / f"step{STEPS:07d}.json").read_text())
+    out = evaluate_main([f"ckpt={phase1}", "n=16", f"out_dir={tmp_path}"])
+    offline = json.loads((out / "evaluation.json").read_text())
+    assert offline["metrics"].keys() == in_loop["metrics"].keys()
+    for name, value in in_loop["metrics"].items():
+        assert offline["metrics"][name] == pytest.approx(value, rel=1e-4), name
+    assert offline["stage"] == "autoencoder" and (out / "grid.png").is_file()
 
 
 def test_phase1_exports_weights_with_latent_scale(phase1: Path):
@@ -84,7 +108,8 @@ def phase2(root: Path, phase1: Path) -> Path:
     result = run_train(
         ["stage=ldm", "text_encoder=clip_tiny", "unet=tiny", "optim.lr=1e-3", "optim.warmup_steps=5",
          "module.ema_decay=0.9", "module.sampler.num_steps=3", f"trainer.max_steps={STEPS}",
-         "trainer.val_check_interval=30", "trainer.limit_val_batches=1", "callbacks.images.every_n_steps=30", *DATA],
+         "trainer.val_check_interval=30", "trainer.limit_val_batches=1", "callbacks.images.every_n_steps=30", *DATA,
+         *EVAL_PHASE2],
         root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -103,6 +128,25 @@ def test_phase2_lowers_loss_on_the_phase1_export(phase2: Path, phase1: Path):
     assert not any(k.startswith(("first_stage.", "text_encoder.")) for k in keys), "frozen parts saved"
     assert ckpt["first_stage_source"] == str(phase1 / "export" / "autoencoder.safetensors")
     assert list((phase2 / "images").glob("samples_*.png"))
+
+
+def test_phase2_evaluation_in_loop_and_offline_agree(phase2: Path, tmp_path: Path):
+    rows = read_metrics(phase2)
+    fid = [(int(r["step"]), float(r["val/fid@10"])) for r in rows if r.get("val/fid@10")]
+    assert [step for step, _ in fid] == [30, STEPS] and all(value > 0 for _, value in fid)
+    assert len(series(rows, "val/class_accuracy")) == 2 and series(rows, "val/class_accuracy/sneaker")
+    in_loop = json.loads((phase2 / "evaluation" / f"step{STEPS:07d}.json").read_text())
+    assert in_loop["reference"] == "fashion_mnist test[:10] @32px" and in_loop["work_per_rank"] == [10]
+    assert (phase2 / "evaluation" / f"step{STEPS:07d}_grid.png").is_file()
+    # The script on the final checkpoint, with the run's sampler settings and seeds: the same numbers.
+    out = evaluate_main([f"ckpt={phase2}", "n=10", "reference_n=10", "steps=3", "guidance=3.0", f"out_dir={tmp_path}"])
+    offline = json.loads((out / "evaluation.json").read_text())
+    assert offline["step"] == STEPS
+    for name, value in in_loop["metrics"].items():
+        assert offline["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    manifest = [json.loads(line) for line in (out / "samples" / "manifest.jsonl").read_text().splitlines()]
+    assert [m["seed"] for m in manifest] == list(range(10)) and manifest[7]["prompt"] == "a photo of a sneaker"
+    assert (out / "grid.png").is_file() and (out / "samples" / "00009.png").is_file()
 
 
 def _sample(args: list[str], root: Path) -> subprocess.CompletedProcess:

@@ -28,7 +28,7 @@ from ldm_train.resume import (
     prepare_run,
     resolve_ckpt_path,
 )
-from tests.helpers import REPO, read_metrics, run_dirs, run_train, series
+from tests.helpers import REPO, read_metrics, run_dirs, run_train, series, without_evaluation
 
 
 def make_run(stage_dir: Path, stamp: str, overrides: list[str], name: str = "autoencoder", finished: bool = False) -> Path:
@@ -151,7 +151,7 @@ def start_train(root: Path) -> subprocess.Popen:
     root.mkdir(parents=True)
     env = {**os.environ, "LDM_TRAIN_ROOT": str(root), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
     with (root / "stderr.txt").open("w") as stderr:
-        return subprocess.Popen([sys.executable, str(REPO / "train.py"), *ARGS], cwd=root, env=env,
+        return subprocess.Popen([sys.executable, str(REPO / "train.py"), *without_evaluation(ARGS)], cwd=root, env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
 
 

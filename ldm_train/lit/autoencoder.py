@@ -16,7 +16,6 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import load_autoencoder_init
@@ -65,10 +64,9 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         self.ema = EMA(autoencoder, ema_decay) if ema_decay else None
         self.latent_scale_batches = latent_scale_batches
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
-        # Validation metrics on images mapped to [0, 1]; reduced over all ranks by torchmetrics.
-        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.val_lpips = MeanMetric()
+        # The validation loss (the stage's checkpoint/sweep metric), reduced over all ranks by torchmetrics.
+        # Image-quality scores (PSNR, SSIM, LPIPS, rFID) come from the evaluation callback
+        # (ldm_train.lit.evaluation), with the definitions of `scripts/evaluate.py`.
         self.val_rec = MeanMetric()
 
     # -- optimisation -------------------------------------------------------------------------
@@ -159,22 +157,16 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         l1 = (x - recon).abs().mean(dim=(1, 2, 3))
         rec = l1
         if self.loss.perceptual is not None:
-            lp = self.loss.perceptual(x, recon).flatten()
-            self.val_lpips.update(lp)
-            rec = l1 + self.loss.perceptual_weight * lp
+            rec = l1 + self.loss.perceptual_weight * self.loss.perceptual(x, recon).flatten()
         self.val_rec.update(rec)
-        x01, r01 = (x + 1) / 2, (recon + 1) / 2
-        self.val_psnr.update(r01, x01)
-        self.val_ssim.update(r01, x01)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/rec_loss", self.val_rec.compute(), prog_bar=True, sync_dist=False)
-        self.log("val/psnr", self.val_psnr.compute(), prog_bar=True)
-        self.log("val/ssim", self.val_ssim.compute())
-        if self.loss.perceptual is not None:
-            self.log("val/lpips", self.val_lpips.compute())
-        for metric in (self.val_rec, self.val_psnr, self.val_ssim, self.val_lpips):
-            metric.reset()
+        self.val_rec.reset()
+
+    def evaluation_input(self) -> AutoencoderKL:
+        """What `ldm_train.lit.evaluation` scores: the EMA weights when there are any."""
+        return self.eval_autoencoder
 
     # -- images, latent scale, export ---------------------------------------------------------------
     @torch.no_grad()

@@ -1,7 +1,10 @@
-"""Training callbacks: throughput in the progress bar, image grids to every image-capable logger."""
+"""Training callbacks: throughput in the progress bar, image grids to every image-capable logger, and a
+run summary (wall-clock, images/s, peak memory) at the end."""
 
 from __future__ import annotations
 
+import json
+import resource
 import time
 from pathlib import Path
 
@@ -10,6 +13,12 @@ import torch
 import torchvision
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+from ldm_train.files import atomic_write
+
+SUMMARY_FILE = "run_summary.json"
+KIB_PER_MIB = 1024  # ru_maxrss is in KiB on Linux
+BYTES_PER_MIB = 1024**2
 
 
 class ThroughputMonitor(L.Callback):
@@ -31,6 +40,48 @@ class ThroughputMonitor(L.Callback):
         elapsed = self._times[-1] - self._times[0]
         rate = sum(self._images[1:]) / max(elapsed, 1e-9)
         pl_module.log("perf/images_per_s", rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
+
+
+class RunSummary(L.Callback):
+    """Writes `<run>/run_summary.json` when training ends: optimizer steps, wall-clock of this
+    process's training, images trained on (all ranks), images/s, and peak memory — resident set of
+    this process and of its largest child (data-loader workers), and the accelerator's peak
+    allocation. A resumed run reports the part it trained (`start_step` to `step`)."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._start_step = 0
+        self._images = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._start_step, self._images = time.perf_counter(), trainer.global_step, 0
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch["image"]) * trainer.world_size
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = time.perf_counter() - self._start
+        summary = {
+            "start_step": self._start_step,
+            "step": trainer.global_step,
+            "seconds": seconds,
+            "images": self._images,
+            "images_per_s": self._images / max(seconds, 1e-9),
+            "world_size": trainer.world_size,
+            "device": str(pl_module.device),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB_PER_MIB,
+            "peak_child_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / KIB_PER_MIB,
+            "peak_accelerator_mib": (torch.cuda.max_memory_allocated(pl_module.device) / BYTES_PER_MIB
+                                     if pl_module.device.type == "cuda" else None),
+        }
+        self._write(trainer, summary)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, summary: dict) -> None:
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(Path(trainer.default_root_dir) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
 
 
 class ImageLogger(L.Callback):
@@ -74,12 +125,14 @@ class ImageLogger(L.Callback):
             grid = torchvision.utils.make_grid((batch.float().clamp(-1, 1) + 1) / 2, nrow=int(len(batch) ** 0.5 + 0.999))
             torchvision.utils.save_image(grid, out_dir / f"{name.replace('/', '_')}_step{step:07d}.png")
             for logger in trainer.loggers:
-                _log_grid(logger, name, grid, step, captions)
+                log_image_grid(logger, name, grid, step, captions)
 
 
-def _log_grid(logger: Logger, name: str, grid: torch.Tensor, step: int, captions: list[str] | None) -> None:
+def log_image_grid(logger: Logger, name: str, grid: torch.Tensor, step: int, captions: list[str] | None) -> None:
+    """One grid image (3×H×W in [0, 1]) to a logger that takes images; others are skipped."""
     if isinstance(logger, WandbLogger):
         caption = "; ".join(captions[:8]) if captions else None
-        logger.log_image(key=name, images=[grid], step=step, caption=[caption] if caption else None)
+        extra = {"caption": [caption]} if caption else {}  # Lightning's W&B logger rejects caption=None
+        logger.log_image(key=name, images=[grid], step=step, **extra)
     elif isinstance(logger, TensorBoardLogger):
         logger.experiment.add_image(name, grid, step)

