@@ -185,8 +185,9 @@ def warm_up(root: Path) -> None:
         check_in_process(list(args), root)
 
 
-def check_in_process(args: list[str], root: Path) -> str | None:
-    """What train.py's checks say about `args` (None: nothing wrong), without building anything."""
+def check_in_process(args: list[str], root: Path, machine: bool = True, files: bool = True) -> str | None:
+    """What train.py's checks say about `args` (None: nothing wrong), without building anything;
+    `machine`/`files` as in `validate_config`."""
     problems = command_line_problems(args)
     if problems:
         return "\n".join(problems)
@@ -195,7 +196,7 @@ def check_in_process(args: list[str], root: Path) -> str | None:
     except (HydraException, ValueError) as err:  # omegaconf's errors are ValueErrors
         return explain_composition_error(err, args)
     try:
-        validate_config(cfg)
+        validate_config(cfg, machine=machine, files=files)
     except ConfigError as err:
         return str(err)
     return None
