@@ -32,6 +32,9 @@ class SampleArgs:
     sampler: str = "dpmpp_2m"
     steps: int = 25
     guidance: float = 3.0
+    guidance_interval: list[float] | None = None  # [σ_lo, σ_hi]: guide only there (Kynkäänniemi et al. 2024)
+    guidance_rescale: float = 0.0  # φ of Lin et al. (2024)'s guidance rescale
+    autoguide: str | None = None  # a weaker phase-2 checkpoint: autoguidance (Karras et al. 2024) instead of CFG
     seed: int = 0
     batch_size: int = 64
     out_dir: str = "samples"
@@ -66,6 +69,8 @@ def main(argv: list[str] | None = None) -> Path:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     ckpt = args.ckpt
     pipe = TextToImage.from_checkpoint(ckpt if ckpt != "latest" else "latest", device=device, log_dir=args.log_dir)
+    guide = pipe.load_autoguide(args.autoguide, log_dir=args.log_dir) if args.autoguide else None
+    options = dict(guidance_interval=args.guidance_interval, guidance_rescale=args.guidance_rescale, autoguide=guide)
     jobs = [(p, args.seed + j) for j, p in enumerate(p for p in read_prompts(args) for _ in range(args.n_per_prompt))]
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> Path:
         task = progress.add_task("sampling", total=len(jobs))
         for start in range(0, len(jobs), args.batch_size):
             chunk = jobs[start : start + args.batch_size]
-            batch = pipe.sample([p for p, _ in chunk], [s for _, s in chunk], args.sampler, args.steps, args.guidance)
+            batch = pipe.sample([p for p, _ in chunk], [s for _, s in chunk], args.sampler, args.steps, args.guidance,
+                                **options)
             for offset, (image, (prompt, seed)) in enumerate(zip(to_pil(batch), chunk)):
                 name = f"{start + offset:05d}.png"
                 image.save(out / name)

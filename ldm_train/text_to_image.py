@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import nn
 
@@ -36,11 +36,26 @@ def generate(
     sampler: GuidedSampler,
     seeds: Sequence[int],
     latent_shape: Sequence[int],
+    guide_unet: nn.Module | None = None,
 ) -> torch.Tensor:  # len(prompts) prompts -> B×3×H×W in [-1, 1]
+    """`guide_unet`: autoguidance (sampling/cfg.py) with this weaker UNet instead of the empty prompt."""
     context = text_encoder(list(prompts))
-    uncond = text_encoder([""]) if sampler.guidance_scale != 1.0 else None
-    z = sampler(unet, schedule, prediction, context, uncond, latent_shape, seeds)
+    uncond = text_encoder([""]) if sampler.guidance_scale != 1.0 and guide_unet is None else None
+    z = sampler(unet, schedule, prediction, context, uncond, latent_shape, seeds, guide_fn=guide_unet)
     return first_stage.decode_latents(z).clamp(-1, 1)
+
+
+def _load_unet(path: str | Path, log_dir: str | Path) -> tuple[nn.Module, Any, DictConfig, dict]:
+    """(UNet with its EMA weights when there are any, objective, config, checkpoint) of a phase-2 run or `.ckpt`."""
+    ckpt_path = find_checkpoint(path, stage="ldm", log_dir=log_dir)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain data only
+    cfg = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
+    unet = instantiate(cfg.unet)
+    state = checkpoint["state_dict"]
+    prefix = "ema.shadow." if any(k.startswith("ema.shadow.") for k in state) else "unet."
+    unet.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    log.info("Loaded %s (%s weights)", ckpt_path, "EMA" if prefix.startswith("ema") else "raw")
+    return unet, instantiate(cfg.diffusion), cfg, checkpoint
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -71,27 +86,35 @@ class TextToImage:
                         log_dir: str | Path = "outputs") -> TextToImage:
         """From a phase-2 run directory (its last checkpoint), a `.ckpt`, or `latest` (newest run
         under `log_dir`)."""
-        ckpt_path = find_checkpoint(path, stage="ldm", log_dir=log_dir)
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain data only
-        cfg = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
-        unet = instantiate(cfg.unet)
-        state = checkpoint["state_dict"]
-        prefix = "ema.shadow." if any(k.startswith("ema.shadow.") for k in state) else "unet."
-        unet.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        unet, objective, cfg, checkpoint = _load_unet(path, log_dir)
         first_stage = load_first_stage(checkpoint["first_stage_source"])
-        objective = instantiate(cfg.diffusion)
         text_encoder = instantiate(cfg.text_encoder)
-        log.info("Loaded %s (%s weights)", ckpt_path, "EMA" if prefix.startswith("ema") else "raw")
         return cls(unet, text_encoder, first_stage, objective.schedule, objective.prediction,
                    checkpoint["latent_shape"], device)
 
+    def load_autoguide(self, path: str | Path, log_dir: str | Path = "outputs") -> nn.Module:
+        """The UNet of another phase-2 checkpoint as the weak model of autoguidance (Karras et al. 2024): an
+        earlier checkpoint of this run, or a smaller model with the same latent space, objective and text encoder."""
+        unet, objective, cfg, checkpoint = _load_unet(path, log_dir)
+        same = (type(objective.schedule) is type(self.schedule) and objective.prediction == self.prediction
+                and tuple(checkpoint["latent_shape"]) == self.latent_shape
+                and getattr(unet, "config", {}).get("context_dim") == getattr(self.unet, "config", {}).get("context_dim"))
+        if not same:
+            raise ValueError(f"autoguide {path}: its latent shape, objective or text-context size differs from the "
+                             "model's; the guide must share the latent space, objective and text encoder")
+        return unet.eval().requires_grad_(False).to(self.device)
+
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], sampler: SamplerName = "dpmpp_2m", steps: int = 25,
-               guidance: float = 3.0, karras: bool = False) -> torch.Tensor:  # -> B×3×H×W in [-1, 1], on CPU
-        """One batch, one explicit seed per image."""
-        guided = GuidedSampler(sampler=sampler, num_steps=steps, guidance_scale=guidance, karras=karras)
+               guidance: float = 3.0, karras: bool = False, *, guidance_interval: Sequence[float] | None = None,
+               guidance_rescale: float = 0.0, autoguide: nn.Module | None = None,
+               ) -> torch.Tensor:  # -> B×3×H×W in [-1, 1], on CPU
+        """One batch, one explicit seed per image. Guidance options: sampling/cfg.py; `autoguide` from
+        `load_autoguide`."""
+        guided = GuidedSampler(sampler=sampler, num_steps=steps, guidance_scale=guidance, karras=karras,
+                               guidance_interval=guidance_interval, guidance_rescale=guidance_rescale)
         return generate(self.unet, self.text_encoder, self.first_stage, self.schedule, self.prediction,
-                        prompts, guided, seeds, self.latent_shape).cpu()
+                        prompts, guided, seeds, self.latent_shape, guide_unet=autoguide).cpu()
 
     def __call__(
         self,

@@ -69,6 +69,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         self.loss_buckets = loss_buckets
         self.sample_prompts = list(sample_prompts)
         self.sampler = sampler or GuidedSampler()
+        self.sampler.check(objective.schedule)  # e.g. a VP-only sampler for diffusion=flow: fail now, not at the first grid
         self.latent_shape: tuple[int, ...] | None = None
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
 

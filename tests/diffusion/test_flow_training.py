@@ -73,3 +73,14 @@ def test_flow_phase2_lowers_its_loss_and_samples(text_encoder, tmp_path):
     images = module.log_images(next(iter(loader)))["samples"]
     assert images.shape == (len(CAPTIONS), 3, RESOLUTION, RESOLUTION) and torch.isfinite(images).all()
     assert (images[0] - images[1]).abs().max() > 1e-3, "the prompt changes the sample"
+
+
+def test_a_vp_only_sampler_fails_at_start_up_with_diffusion_flow(text_encoder):
+    unet = UNet(in_channels=4, out_channels=4, model_channels=16, channel_mult=(1,), num_res_blocks=1,
+                attention_levels=(0,), num_heads=2, norm_groups=8, context_dim=text_encoder.output_dim)
+    vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=RESOLUTION,
+                        norm_groups=4)
+    with pytest.raises(ValueError, match="'ddpm' cannot sample a rectified-flow model.*euler, heun, dpmpp_2m"):
+        LatentDiffusionModule(unet, vae, text_encoder, instantiate(OmegaConf.load(FLOW_CONFIG)),
+                              optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+                              sampler=GuidedSampler("ddpm", num_steps=4))

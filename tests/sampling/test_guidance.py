@@ -1,4 +1,5 @@
-"""Guidance options: rescale (= diffusers' rescale_noise_cfg, in the network's output space), interval, autoguidance."""
+"""Guidance options: rescale (= diffusers' rescale_noise_cfg, in the network's output space), interval, autoguidance
+(also through text_to_image: `generate(guide_unet=...)`, `TextToImage.load_autoguide`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
 
 from ldm_train.diffusion.flow import FlowSchedule
 from ldm_train.diffusion.schedules import NoiseSchedule
@@ -20,6 +24,7 @@ from ldm_train.sampling import (
     make_sigmas,
     rescale_guidance,
 )
+from ldm_train.text_to_image import TextToImage, generate
 
 SEEDS = [3, 11]
 SHAPE = (4, 8, 8)
@@ -155,3 +160,55 @@ def test_autoguidance_is_the_weak_model_plus_w_times_the_difference(toy_unet):
 def test_bad_guidance_options_fail_at_construction(options, match):
     with pytest.raises(ValueError, match=match):
         GuidedSampler(**options)
+
+
+class _TextStub(nn.Module):
+    """Prompts -> B×5×16 contexts that depend on the prompt; records what it was asked to encode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[str]] = []
+
+    def forward(self, prompts: list[str]) -> torch.Tensor:
+        self.seen.append(prompts)
+        return torch.stack([torch.full((5, 16), float(len(p)) / 10) for p in prompts])
+
+
+class _DecoderStub(nn.Module):
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, :3]
+
+
+def test_generate_with_a_guide_unet_is_autoguidance(toy_unet):
+    """text_to_image.generate(guide_unet=...) samples D_w + w·(D − D_w) and never encodes the empty prompt."""
+    schedule = NoiseSchedule.scaled_linear()
+    strong, weak = toy_unet(schedule, "v", seed=0), toy_unet(schedule, "v", seed=1)
+    text, prompts = _TextStub(), ["a bag", "a sneaker"]
+    sampler = GuidedSampler("euler", 6, 2.0, spacing="trailing")
+    images = generate(strong, text, _DecoderStub(), schedule, "v", prompts, sampler, SEEDS, SHAPE, guide_unet=weak)
+    assert text.seen == [prompts]
+    latents = sampler(strong, schedule, "v", text(prompts), None, SHAPE, SEEDS, guide_fn=weak)
+    torch.testing.assert_close(images, latents[:, :3].clamp(-1, 1))
+
+
+def test_load_autoguide_takes_a_compatible_checkpoint_only(tmp_path):
+    """TextToImage.load_autoguide: the UNet (EMA weights) of another run with the same latents, objective and text
+    context; a checkpoint of another objective is refused."""
+    unet_cfg = dict(_target_="ldm_train.unet.UNet", in_channels=4, out_channels=4, model_channels=16,
+                    channel_mult=[1], num_res_blocks=1, attention_levels=[0], num_heads=2, norm_groups=8,
+                    context_dim=16)
+    guide = instantiate(OmegaConf.create(unet_cfg))
+    flow = {"_target_": "ldm_train.diffusion.flow.FlowObjective",
+            "schedule": {"_target_": "ldm_train.diffusion.flow.FlowSchedule"}}
+    vp = {"_target_": "ldm_train.diffusion.objective.DiffusionObjective",
+          "schedule": {"_target_": "ldm_train.diffusion.schedules.build_schedule"}}
+    for name, diffusion in (("flow", flow), ("vp", vp)):
+        torch.save({"hyper_parameters": {"config": {"unet": unet_cfg, "diffusion": diffusion}},
+                    "state_dict": {f"ema.shadow.{k}": v for k, v in guide.state_dict().items()},
+                    "latent_shape": list(SHAPE), "first_stage_source": None}, tmp_path / f"{name}.ckpt")
+    pipe = TextToImage(instantiate(OmegaConf.create(unet_cfg)), _TextStub(), _DecoderStub(), FlowSchedule(), "flow",
+                       SHAPE)
+    loaded = pipe.load_autoguide(tmp_path / "flow.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), guide.state_dict().values()))
+    with pytest.raises(ValueError, match="latent space, objective and text encoder"):
+        pipe.load_autoguide(tmp_path / "vp.ckpt")
