@@ -169,6 +169,7 @@ class _Walk:
 
     def __post_init__(self) -> None:
         self.problems: list[str] = []
+        self.reported: set[tuple[str, str]] = set()
         self.read = _references(self.cfg)
         self.known_leaves = self._known_leaves()
 
@@ -268,12 +269,12 @@ class _Walk:
             return  # nested objects are checked by their own `_target_`
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
-        if not _matches(value, hint):
-            self.problems.append(f"{where}: expected {_type_name(hint)}, got {value!r}")
-            return
-        problem = violation(value, hint)
-        if problem:
-            self.problems.append(f"{where}: got {value!r}, {problem}")
+        problem = f"expected {_type_name(hint)}, got {value!r}" if not _matches(value, hint) else None
+        if problem is None and violation(value, hint):
+            problem = f"got {value!r}, {violation(value, hint)}"
+        if problem and (source, problem) not in self.reported:  # one report for a value several readers take
+            self.reported.add((source, problem))
+            self.problems.append(f"{where}: {problem}")
 
     def _unknown(self, node: DictConfig, key: Any, path: str, valid: list[str], reader: str | None = None) -> None:
         raw = node._get_node(key)

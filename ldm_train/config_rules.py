@@ -31,6 +31,7 @@ GPU_BACKENDS = {"nccl"}
 CPU_TRAINERS = "trainer=cpu (one process) or trainer=ddp_cpu (two CPU processes, gloo)"
 # What Hydra itself writes into a run directory before the task starts.
 HYDRA_RUN_FILES = {".hydra", "train.log"}
+SWEEP_JOB_DIR = "<job>"
 
 
 def validate_config(cfg: DictConfig, machine: bool = True, files: bool = True) -> None:
@@ -86,6 +87,8 @@ def validate_sweep(master: DictConfig, machine: bool) -> None:
         cfg = loader.load_sweep_config(master, list(job))
         with open_dict(cfg):
             del cfg["hydra"]
+            # The job's directory is made when it starts; any path under the sweep stands in for it.
+            cfg.paths.output_dir = str(Path(str(master.hydra.sweep.dir)) / SWEEP_JOB_DIR)
         try:
             validate_config(cfg, machine=machine)
         except ConfigError as err:

@@ -193,11 +193,15 @@ class SweepStart(Callback):
         HydraConfig.instance().set_config(config)
         launcher = config.hydra.launcher
         remote = str(launcher.get("_target_", "")).endswith("SlurmLauncher")
-        if remote:
-            check_submitit_geometry(launcher, config.trainer, list(config.hydra.overrides.task))
-        if config.get("check_config", True):
-            # Every job, before any is started or queued; the hardware only where the jobs run here.
-            validate_sweep(config, machine=not remote)
+        try:
+            if remote:
+                check_submitit_geometry(launcher, config.trainer, list(config.hydra.overrides.task))
+            if config.get("check_config", True):
+                # Every job, before any is started or queued; the hardware only where the jobs run here.
+                validate_sweep(config, machine=not remote)
+        except ValueError as error:
+            # Hydra turns an exception of a callback into a warning and launches anyway: exit instead.
+            raise SystemExit(f"Nothing was launched: {error}") from None
 
 
 def check_submitit_geometry(launcher: DictConfig, trainer: DictConfig, task_overrides: list[str]) -> None:

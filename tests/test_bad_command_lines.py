@@ -7,6 +7,7 @@ user would and are timed. scripts/report_bad_command_lines.py prints the summary
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -83,3 +84,58 @@ def test_train_py_fails_fast_naming_the_problem(name: str, tmp_path: Path):
     assert not BUILD_MARKERS.search(output), "a model summary was printed: the run got past building"
     assert not (tmp_path / "data").exists(), "failed after data preparation had started"
     assert elapsed < SUBPROCESS_LIMIT_S, f"took {elapsed:.1f} s to fail"
+
+
+@pytest.mark.slow
+def test_check_only_prints_the_config_and_builds_nothing(tmp_path: Path):
+    result = run_train(["check=only", "trainer=cpu"], tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Config check (check=only): OK" in result.stdout and "stage_name" in result.stdout
+    assert not BUILD_MARKERS.search(result.stdout + result.stderr)
+    assert not (tmp_path / "data").exists()
+    assert not list((tmp_path / "outputs").glob("*/*/*")), "check=only left a run directory"
+
+
+@pytest.mark.slow
+def test_check_only_with_errors_exits_non_zero(tmp_path: Path):
+    result = run_train(["check=only", "+optim.lrr=1e-3", "data.batch_size=0"], tmp_path,
+                       timeout=SUBPROCESS_LIMIT_S * 2)
+    assert result.returncode != 0
+    assert "optim.lrr=0.001" in result.stderr and "data.batch_size (for" in result.stderr
+    assert "Invalid config (2 problems)" in result.stderr
+
+
+@pytest.mark.slow
+def test_sweep_jobs_are_all_checked_before_the_first_starts(tmp_path: Path):
+    result = run_train(["optim.lr=1e-3,-1", "-m"], tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
+    assert result.returncode != 0
+    assert "optim.lr=-1: optim.lr (read as optim.optimizer.lr" in result.stderr and "Nothing was launched" in result.stderr
+    assert not (tmp_path / "data").exists(), "the first job started"
+
+
+def _fake_sbatch(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """`sbatch` that records being called and refuses (submission attempted or not); submitit also
+    looks for `srun` before it submits."""
+    bin_dir, marker = tmp_path / "bin", tmp_path / "sbatch_called"
+    bin_dir.mkdir()
+    for tool in ("sbatch", "srun"):
+        (bin_dir / tool).write_text(f"#!/bin/sh\ntouch {marker}.{tool}\necho '{tool}: test stub' >&2\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}, marker.with_suffix(".sbatch")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,submitted", [
+    (["+optim.lrr=1e-3"], False),
+    (["trainer.devices=2", "data.batch_size=0"], False),
+    # ddp on a login node without GPUs is fine: the jobs run on the cluster's nodes.
+    (["trainer=ddp", "trainer.devices=2"], True),
+])
+def test_slurm_sweeps_are_checked_on_the_submitting_machine(args, submitted, tmp_path: Path, monkeypatch):
+    env, marker = _fake_sbatch(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])
+    result = run_train(["hydra/launcher=slurm", *args, "-m"], tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
+    assert result.returncode != 0  # the stub refuses every submission
+    assert marker.exists() == submitted, result.stderr[-3000:]
+    if not submitted:
+        assert "Invalid config" in result.stderr and args[-1].split("=")[0] in result.stderr
