@@ -42,7 +42,7 @@ def validate_config(cfg: DictConfig, machine: bool = True, files: bool = True) -
     rules: list[Callable[[DictConfig], list[str]]] = [_schedule_length, _unet_heads, _autoencoder_groups,
                                                       _autoencoder_resolution, _unet_context]
     if files:
-        rules += [_unet_vs_first_stage, _shards]
+        rules += [_unet_vs_first_stage, _shards, _epoch_geometry]
     if machine:
         rules.append(_hardware)
     for rule in rules:
@@ -291,6 +291,28 @@ def _shards(cfg: DictConfig) -> list[str]:
         except (ValueError, FileNotFoundError) as err:
             problems.append(f"data.{key}={pattern!r}: {err}")
     return problems
+
+
+def _epoch_geometry(cfg: DictConfig) -> list[str]:
+    """Shards × ranks × workers and the epoch length, as the data module checks them at start-up."""
+    data, trainer = cfg.data, cfg.trainer
+    if not str(data.get("_target_", "")).endswith("WebDatasetDataModule"):
+        return []  # Fashion-MNIST knows its shards and epoch length once it has written them
+    devices, nodes = trainer.get("devices", 1), trainer.get("num_nodes", 1)
+    if not isinstance(devices, int) or not isinstance(nodes, int) or devices < 1:
+        return []  # "auto" or a device list: the count is the Trainer's to decide
+    from ldm_train.data.datamodule import epoch_geometry_problem
+    from ldm_train.data.shardlist import expand_shards
+
+    num_shards = len(expand_shards(str(data.train_shards)))
+    problem = epoch_geometry_problem(str(data.train_shards), num_shards, devices * nodes, data.batch_size,
+                                     data.get("num_workers", 0), data.get("samples_per_epoch"),
+                                     bool(data.get("resampled", False)))
+    if problem is None:
+        return []
+    given = ", ".join(f"data.{k}={data.get(k)!r}" for k in ("samples_per_epoch", "num_workers", "resampled"))
+    return [f"{given}, trainer.devices={devices}, trainer.num_nodes={nodes}: "
+            + problem.replace("samples_per_epoch", "data.samples_per_epoch").replace("resampled=True", "data.resampled=true")]
 
 
 def _hardware(cfg: DictConfig) -> list[str]:

@@ -25,7 +25,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 import torch  # noqa: E402
 
-from tests.bad_command_lines import CASES, BuildCounter, timed, warm_up, write_export  # noqa: E402
+from tests.bad_command_lines import CASES, BuildCounter, args_for, prepare_root, timed, warm_up  # noqa: E402
 from tests.helpers import run_train  # noqa: E402
 from tests.test_bad_command_lines import SUBPROCESS_CASES  # noqa: E402
 
@@ -37,14 +37,14 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in CASES if not (c.gpu_free and torch.cuda.is_available())]
     root = Path(tempfile.mkdtemp(prefix="bad_command_lines_"))
-    write_export(root)
+    prepare_root(root)
     warm_up(root)
 
     at_composition, times, unnamed = 0, [], []
     for case in cases:
         counter = BuildCounter().install()
         try:
-            message, seconds = timed(list(case.args), root)
+            message, seconds = timed(args_for(case, root), root)
         finally:
             counter.remove()
         if message is not None and not counter.built:
@@ -62,9 +62,9 @@ def main() -> None:
     for name in SUBPROCESS_CASES[: args.subprocess]:
         case = next(c for c in cases if c.name == name)
         run_root = Path(tempfile.mkdtemp(prefix="bad_command_line_run_"))
-        write_export(run_root)
+        prepare_root(run_root)
         start = time.perf_counter()
-        result = run_train(list(case.args), run_root, timeout=300)
+        result = run_train(args_for(case, run_root), run_root, timeout=300)
         walls.append(time.perf_counter() - start)
         print(f"  python train.py {' '.join(case.args)}: exit {result.returncode} after {walls[-1]:.1f} s")
     if walls:

@@ -28,6 +28,9 @@ LDM = ["stage=ldm", "text_encoder=minilm"]
 EXPORT_CONFIG = {"in_channels": 3, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4,
                  "embed_dim": 4, "resolution": 32}
 EXPORT_RUN = Path("outputs/autoencoder/2026-01-01/00-00-00/export")
+# Two (empty) local shards, for the cases about shards × ranks × workers; `ROOT` is the test's root.
+ROOT = "ROOT"
+SHARDS = ["data=webdataset", f"data.train_shards={ROOT}/shards", "data.resolution=32"]
 
 
 @dataclass(frozen=True)
@@ -165,9 +168,30 @@ CASES = [
     case("fp16_on_cpu", ["trainer.precision=16-mixed"], "trainer.precision='16-mixed'", "32-true", gpu_free=True),
     case("fp16_on_cpu_ldm", [*LDM, "trainer=cpu", "trainer.precision=16-mixed"], "trainer.precision='16-mixed'",
          gpu_free=True),
+    # -- shards × ranks × workers (webdataset) ---------------------------------------------------------
+    case("ranks_without_epoch", [*SHARDS, "trainer=ddp_cpu"], "data.samples_per_epoch=None",
+         "trainer.devices=2", "set data.samples_per_epoch"),
+    case("shards_fewer_than_readers", [*SHARDS, "trainer=ddp_cpu", "data.samples_per_epoch=1000"],
+         "data.num_workers=4", "2 shards", "8 readers", "data.resampled=true"),
+    case("epoch_under_one_batch", [*SHARDS, "trainer=ddp_cpu", "data.samples_per_epoch=10", "data.num_workers=0"],
+         "data.samples_per_epoch=10", "less than one batch per rank"),
+    case("resampled_without_epoch", [*SHARDS, "data.resampled=true"], "data.resampled=True",
+         "also set data.samples_per_epoch"),
     case("nccl_on_cpu", ["trainer=ddp_cpu", "trainer.strategy.process_group_backend=nccl"],
          "process_group_backend='nccl'", "gloo", gpu_free=True),
 ]
+
+
+def prepare_root(root: Path) -> None:
+    """The phase-1 export and the two shards the cases refer to."""
+    write_export(root)
+    (root / "shards").mkdir(exist_ok=True)
+    for index in range(2):
+        (root / "shards" / f"s-{index:06d}.tar").write_bytes(b"")
+
+
+def args_for(bad: Case, root: Path) -> list[str]:
+    return [arg.replace(ROOT, str(root)) for arg in bad.args]
 
 
 def write_export(root: Path) -> None:

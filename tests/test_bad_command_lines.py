@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.bad_command_lines import CASES, LDM, BuildCounter, Case, check_in_process, warm_up, write_export
+from tests.bad_command_lines import (
+    CASES,
+    LDM,
+    BuildCounter,
+    Case,
+    args_for,
+    check_in_process,
+    prepare_root,
+    warm_up,
+)
 from tests.helpers import run_train
 
 HAS_GPU = torch.cuda.is_available()
@@ -31,7 +40,7 @@ SUBPROCESS_CASES = ["root_added", "z_channels_zero", "pixel_loss", "batch_zero",
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("bad_command_lines")
-    write_export(path)
+    prepare_root(path)
     warm_up(path)
     return path
 
@@ -58,7 +67,7 @@ def test_bad_command_line_fails_at_composition(bad: Case, root: Path):
         pytest.skip("this machine has the hardware the case asks for")
     counter = BuildCounter().install()
     try:
-        message = check_in_process(list(bad.args), root)
+        message = check_in_process(args_for(bad, root), root)
     finally:
         counter.remove()
     assert message is not None, f"accepted: {' '.join(bad.args)}"
@@ -73,9 +82,9 @@ def test_train_py_fails_fast_naming_the_problem(name: str, tmp_path: Path):
     bad = next(c for c in CASES if c.name == name)
     if bad.gpu_free and HAS_GPU:
         pytest.skip("this machine has the hardware the case asks for")
-    write_export(tmp_path)
+    prepare_root(tmp_path)
     start = time.perf_counter()
-    result = run_train(list(bad.args), tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
+    result = run_train(args_for(bad, tmp_path), tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
     elapsed = time.perf_counter() - start
     output = result.stdout + result.stderr
     assert result.returncode != 0

@@ -22,6 +22,30 @@ from ldm_train.data.stream import EpochLoader, ShardStream
 from ldm_train.data.transforms import ResizeCrop
 
 
+def epoch_geometry_problem(
+    pattern: str, num_shards: int | None, world_size: int, batch_size: int, num_workers: int,
+    samples_per_epoch: int | None, resampled: bool,
+) -> str | None:
+    """Why these shards, ranks, workers and epoch length cannot give every rank the same number of
+    batches from disjoint shards (None: they can). Checked at start-up and, from the config, by
+    ldm_train.config_rules before anything is built; `num_shards` None when not known yet."""
+    if resampled and samples_per_epoch is None:
+        return "resampled=True streams endlessly: also set samples_per_epoch (the epoch length)"
+    if samples_per_epoch is None:
+        if world_size > 1:
+            return (f"training on {world_size} ranks needs equal batch counts per rank: set samples_per_epoch "
+                    "(e.g. the dataset size) so every rank runs the same number of steps")
+        return None
+    if samples_per_epoch // (world_size * batch_size) < 1:
+        return (f"samples_per_epoch={samples_per_epoch} is less than one batch per rank "
+                f"({world_size} ranks × batch_size {batch_size}): raise samples_per_epoch")
+    readers = world_size * max(1, num_workers)
+    if not resampled and num_shards is not None and num_shards < readers:
+        return (f"{num_shards} shards in {pattern!r} cannot be split disjointly over {readers} readers "
+                "(ranks × workers): write more, smaller shards, lower num_workers, or set resampled=True")
+    return None
+
+
 class WebDatasetDataModule(L.LightningDataModule):
     """Shard patterns: local paths or brace ranges ("data/train-{000000..000099}.tar"), several
     joined with "::", a directory of .tar files, or pipe:/http(s) URLs ("pipe:aws s3 cp s3://b/x.tar -").
@@ -55,10 +79,8 @@ class WebDatasetDataModule(L.LightningDataModule):
     ):
         super().__init__()
         check_arguments(WebDatasetDataModule.__init__, locals())
-        if resampled and samples_per_epoch is None:
-            raise ValueError(
-                "resampled=True streams endlessly: also set samples_per_epoch (the epoch length)"
-            )
+        if resampled and samples_per_epoch is None:  # the rest needs the shards and the trainer: setup()
+            raise ValueError(epoch_geometry_problem(train_shards, None, 1, batch_size, num_workers, None, True))
         self.train_shards = train_shards
         self.val_shards = val_shards
         self.batch_size = batch_size
@@ -91,25 +113,13 @@ class WebDatasetDataModule(L.LightningDataModule):
             self.val_stream = self._stream(expand_shards(self.val_shards), self.val_batch_size, augment=False)
 
     def _train_stream(self, urls: list[str]) -> ShardStream:
+        problem = epoch_geometry_problem(self.train_shards, len(urls), self.world_size, self.batch_size,
+                                         self.num_workers, self.samples_per_epoch, self.resampled)
+        if problem:
+            raise ValueError(problem)
         batches_per_epoch = None
         if self.samples_per_epoch is not None:
             batches_per_epoch = self.samples_per_epoch // (self.world_size * self.batch_size)
-            if batches_per_epoch < 1:
-                raise ValueError(
-                    f"samples_per_epoch={self.samples_per_epoch} is less than one batch per rank "
-                    f"({self.world_size} ranks × batch_size {self.batch_size}): raise samples_per_epoch"
-                )
-            readers = self.world_size * max(1, self.num_workers)
-            if not self.resampled and len(urls) < readers:
-                raise ValueError(
-                    f"{len(urls)} shards in {self.train_shards!r} cannot be split disjointly over {readers} "
-                    "readers (ranks × workers): write more, smaller shards, lower num_workers, or set resampled=True"
-                )
-        elif self.world_size > 1:
-            raise ValueError(
-                f"training on {self.world_size} ranks needs equal batch counts per rank: set samples_per_epoch "
-                "(e.g. the dataset size) so every rank runs the same number of steps"
-            )
         return self._stream(urls, self.batch_size, augment=True, batches_per_epoch=batches_per_epoch)
 
     def _stream(self, urls: list[str], batch_size: int, augment: bool, batches_per_epoch: int | None = None):
