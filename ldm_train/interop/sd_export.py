@@ -6,7 +6,8 @@
 
 The layout has no place for the settings SD keeps in its LDM yaml; they go to the file's metadata:
 `ldm_train.scale_factor` (the yaml's `scale_factor`), `ldm_train.prediction` ("eps" or "v" — `parameterization`),
-`ldm_train.text_layer` ("penultimate" means the consumer must use CLIP skip 2) and `ldm_train.unet_config`.
+`ldm_train.text_layer` ("penultimate" means the consumer must use CLIP skip 2) and `ldm_train.unet_config`; a
+rectified-flow model (prediction "flow") adds `ldm_train.flow_shift` and `ldm_train.num_train_timesteps`.
 Loaders: `load_sd_unet(path, unet_config)`, `load_autoencoder_init(model, path)`, `text_encoder.clip_from_sd`.
 """
 
@@ -20,6 +21,7 @@ import torch
 
 from ldm_train.autoencoder.convert import SD_VAE_PREFIX
 from ldm_train.autoencoder.layouts import to_sd_state_dict
+from ldm_train.diffusion.flow import FlowSchedule
 from ldm_train.interop.files import save_safetensors_atomic
 from ldm_train.interop.text_encoder import clip_to_sd
 from ldm_train.interop.vae import sd_scaling_factor
@@ -50,6 +52,9 @@ def sd_metadata(pipe: TextToImage) -> dict[str, str]:
     layer = getattr(pipe.text_encoder, "layer", None)
     if layer is not None:
         metadata["ldm_train.text_layer"] = layer
+    if isinstance(pipe.schedule, FlowSchedule):  # prediction "flow": v = ε − x_0 on x_t = (1 − t)·x_0 + t·ε
+        metadata["ldm_train.flow_shift"] = repr(pipe.schedule.shift)
+        metadata["ldm_train.num_train_timesteps"] = str(pipe.schedule.num_timesteps)
     return metadata
 
 
@@ -70,6 +75,13 @@ def export_sd(
         log.warning(
             "%s: the text encoder uses CLIP's penultimate layer; SD 1.x tools must load it with CLIP skip 2 "
             "(the file stores all layers, as SD 1.x does)",
+            out_file,
+        )
+    if isinstance(pipe.schedule, FlowSchedule):
+        log.warning(
+            "%s: a rectified-flow model (diffusion=flow); SD 1.x tools assume ε/v-prediction on a VP schedule and "
+            "need a flow sampler (metadata ldm_train.prediction=flow, ldm_train.flow_shift); format=diffusers "
+            "writes the matching scheduler",
             out_file,
         )
     save_safetensors_atomic(sd_state_dict(pipe, include_text_encoder), out_file, metadata, overwrite)

@@ -87,3 +87,15 @@ def test_flow_match_scheduler_configs_import_as_flow_schedules():
 def test_vp_settings_refuse_a_shift(tiny_pipe):
     with pytest.raises(ValueError, match="shift applies to rectified-flow"):
         scheduler_config(tiny_pipe.schedule, "eps", SamplerSettings(shift=3.0))
+
+
+def test_sd_export_of_a_flow_model_records_the_objective(flow_pipe, tmp_path, caplog):
+    from safetensors import safe_open
+
+    from ldm_train.interop import export_sd
+
+    out = export_sd(flow_pipe, tmp_path / "flow.safetensors", include_text_encoder=False)
+    with safe_open(str(out), framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["ldm_train.prediction"] == "flow" and float(metadata["ldm_train.flow_shift"]) == SHIFT
+    assert "rectified-flow" in caplog.text
