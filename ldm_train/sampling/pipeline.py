@@ -11,7 +11,7 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
-from ldm_train.diffusion.flow import FlowSchedule
+from ldm_train.diffusion.flow import FLOW_PREDICTION, FlowSchedule
 from ldm_train.diffusion.objective import ModelFn
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.sampling.cfg import CFGDenoiser, check_guidance_options
@@ -38,7 +38,7 @@ class GuidedSampler:
     def __init__(
         self,
         sampler: SamplerName = "dpmpp_2m",  # samplers.py; flow models take euler, heun or dpmpp_2m
-        num_steps: int = 25,  # network evaluations per image: ×2 for heun (less one), ×2 batch for guidance
+        num_steps: int = 25,  # sampler steps: one network call each (heun: two, but on the last step)
         guidance_scale: float = 7.5,  # g of classifier-free guidance (or autoguidance); 1 is none
         spacing: Spacing | None = None,  # grid.py; None: leading for VP models, linspace for flow models
         steps_offset: int = 1,  # added to leading timesteps (VP only)
@@ -109,6 +109,8 @@ class GuidedSampler:
             )
         self.check(schedule)
         if isinstance(schedule, FlowSchedule):
+            if prediction != FLOW_PREDICTION:
+                raise ValueError(f"a FlowSchedule's network predicts {FLOW_PREDICTION!r}, got prediction={prediction!r}")
             shift = schedule.shift if self.shift is None else self.shift
             spacing = self.spacing or FLOW_DEFAULT_SPACING
             sigmas = flow_sigmas(schedule.num_timesteps, self.num_steps, shift, spacing)
