@@ -71,8 +71,9 @@ def check_only(cfg: DictConfig) -> None:
     print("Config check (check=only): OK. Nothing was built; drop check=only to train.")
 
 
-def validate_sweep(master: DictConfig, machine: bool) -> None:
-    """Every job of a command-line sweep (`a=1,2 b=x,y`), before a launcher starts or submits any."""
+def validate_sweep(master: DictConfig, machine: bool) -> int:
+    """Every job of a command-line sweep (`a=1,2 b=x,y`), before a launcher starts or submits any;
+    returns how many jobs were checked."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -93,6 +94,7 @@ def validate_sweep(master: DictConfig, machine: bool) -> None:
             validate_config(cfg, machine=machine)
         except ConfigError as err:
             raise ConfigError([f"sweep job {' '.join(job)}: {p}" for p in err.problems]) from None
+    return len(jobs)
 
 
 def _print_config_as_given(cfg: DictConfig, print_config: Callable[[DictConfig], None]) -> None:

@@ -196,12 +196,15 @@ class SweepStart(Callback):
         try:
             if remote:
                 check_submitit_geometry(launcher, config.trainer, list(config.hydra.overrides.task))
-            if config.get("check_config", True):
+            if config.get("check_config", True) or config.get("check") == "only":
                 # Every job, before any is started or queued; the hardware only where the jobs run here.
-                validate_sweep(config, machine=not remote)
+                jobs = validate_sweep(config, machine=not remote)
         except ValueError as error:
             # Hydra turns an exception of a callback into a warning and launches anyway: exit instead.
             raise SystemExit(f"Nothing was launched: {error}") from None
+        if config.get("check") == "only":  # a sweep's check=only launches (and queues) nothing
+            print(f"Config check (check=only): all {jobs} sweep jobs OK. Nothing was launched.")
+            raise SystemExit(0)
 
 
 def check_submitit_geometry(launcher: DictConfig, trainer: DictConfig, task_overrides: list[str]) -> None:

@@ -148,3 +148,13 @@ def test_slurm_sweeps_are_checked_on_the_submitting_machine(args, submitted, tmp
     assert marker.exists() == submitted, result.stderr[-3000:]
     if not submitted:
         assert "Invalid config" in result.stderr and args[-1].split("=")[0] in result.stderr
+
+
+@pytest.mark.slow
+def test_check_only_on_a_slurm_sweep_checks_every_job_and_queues_nothing(tmp_path: Path, monkeypatch):
+    env, marker = _fake_sbatch(tmp_path)
+    monkeypatch.setenv("PATH", env["PATH"])
+    result = run_train(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=2", "optim.lr=1e-3,2e-3", "check=only",
+                        "-m"], tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "all 2 sweep jobs OK" in result.stdout and not marker.exists()
