@@ -38,12 +38,10 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# The main job on the built-in default (Fashion-MNIST 32×32, CPU-sized): phase 1, then phase 2
-# on the exported autoencoder, then samples from the result.
+# The main job on the built-in default (Fashion-MNIST 32×32, CPU-sized): phase 1, phase 2 on its
+# export, evaluation of both, and outputs/demo/report.md (+ report.json, grid.png, curves.png).
 demo: install
-	$(PY) train.py stage=autoencoder experiment=demo
-	$(PY) train.py stage=ldm experiment=demo text_encoder=minilm
-	$(PY) scripts/sample.py ckpt=latest prompt="a photo of a sneaker" n_per_prompt=8 out_dir=outputs/demo_samples
+	$(PY) scripts/demo.py
 
 lint: install
 	.venv/bin/ruff check ldm_train scripts tests train.py

