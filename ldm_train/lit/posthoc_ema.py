@@ -85,7 +85,8 @@ class PostHocEMA(L.Callback):
     """Track power-function EMAs of `pl_module.<attribute>` after every optimizer step and save snapshots of them
     every `every_n_steps` steps (rank 0). Off (no tracking, no cost) while `every_n_steps` is None.
 
-    The tracked averages are part of the callback's state, so a resumed run continues them exactly.
+    The tracked averages are part of the callback's state, so a resumed run continues them exactly. Under DDP every
+    rank tracks the same averages (rank 0 writes); trainer=fsdp is not supported (the UNet's state dict is sharded).
     """
 
     def __init__(
