@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +70,9 @@ def main() -> None:
         print(f"  python train.py {' '.join(case.args)}: exit {result.returncode} after {walls[-1]:.1f} s")
     if walls:
         print(f"median time to the error, python train.py: {statistics.median(walls):.1f} s over {len(walls)} runs")
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, lightning"], check=True)
+        print(f"for scale, `import torch, lightning` alone: {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
