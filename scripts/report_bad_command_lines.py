@@ -24,9 +24,15 @@ sys.path.insert(0, str(REPO))  # tests/ holds the case table
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import torch  # noqa: E402
-
-from tests.bad_command_lines import CASES, BuildCounter, args_for, prepare_root, timed, warm_up  # noqa: E402
+from tests.bad_command_lines import (  # noqa: E402
+    CASES,
+    BuildCounter,
+    applies_here,
+    args_for,
+    prepare_root,
+    timed,
+    warm_up,
+)
 from tests.helpers import run_train  # noqa: E402
 from tests.test_bad_command_lines import SUBPROCESS_CASES  # noqa: E402
 
@@ -36,7 +42,7 @@ def main() -> None:
     parser.add_argument("--subprocess", type=int, default=len(SUBPROCESS_CASES),
                         help="how many of the test's subprocess cases to run through python train.py")
     args = parser.parse_args()
-    cases = [c for c in CASES if not (c.gpu_free and torch.cuda.is_available())]
+    cases = [c for c in CASES if applies_here(c)]
     root = Path(tempfile.mkdtemp(prefix="bad_command_lines_"))
     prepare_root(root)
     warm_up(root)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from huggingface_hub import try_to_load_from_cache
 from hydra.errors import HydraException
 
 from ldm_train.command_line import command_line_problems, explain_composition_error
@@ -24,6 +25,7 @@ from ldm_train.config_rules import validate_config
 from tests.helpers import compose_config
 
 LDM = ["stage=ldm", "text_encoder=minilm"]
+CLIP = "openai/clip-vit-large-patch14"  # text_encoder=clip_vit_l14, phase 2's default
 # The phase-1 export the phase-2 cases find with first_stage.ckpt=latest (only its JSON is read).
 EXPORT_CONFIG = {"in_channels": 3, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4,
                  "embed_dim": 4, "resolution": 32}
@@ -39,14 +41,22 @@ class Case:
     args: tuple[str, ...]
     expected: tuple[str, ...]  # key and value as the message shows them, and the fix where named
     gpu_free: bool = False  # only bad where there is no CUDA GPU
+    needs_uncached_clip: bool = False  # only bad offline without a cached CLIP ViT-L/14 (tests run offline)
 
     @property
     def id(self) -> str:
         return self.name
 
 
-def case(name: str, args: list[str], *expected: str, gpu_free: bool = False) -> Case:
-    return Case(name, tuple(args), tuple(expected), gpu_free)
+def case(name: str, args: list[str], *expected: str, gpu_free: bool = False, needs_uncached_clip: bool = False) -> Case:
+    return Case(name, tuple(args), tuple(expected), gpu_free, needs_uncached_clip)
+
+
+def applies_here(bad: Case) -> bool:
+    """Whether this machine makes the case bad: no GPU for `gpu_free`, no cached CLIP for the offline one."""
+    if bad.gpu_free and torch.cuda.is_available():
+        return False
+    return not (bad.needs_uncached_clip and isinstance(try_to_load_from_cache(CLIP, "config.json"), str))
 
 
 CASES = [
@@ -123,6 +133,10 @@ CASES = [
          "'dpmpp_2m'"),
     case("schedule_kind_ldm", [*LDM, "diffusion.schedule.kind=quadratic"], "diffusion.schedule.kind",
          "'quadratic'", "'cosine'"),
+    case("clip_offline_ldm", ["stage=ldm"], "text_encoder.pretrained='openai/clip-vit-large-patch14'",
+         "text_encoder=minilm", needs_uncached_clip=True),
+    case("clip_folder_missing_ldm", ["stage=ldm", "text_encoder=clip_tiny"], "text_encoder.pretrained=",
+         "clip_tiny' does not exist"),
     case("clip_layer_ldm", ["stage=ldm", "text_encoder=clip_tiny", "text_encoder.layer=middle"],
          "text_encoder.layer", "'middle'", "'penultimate'"),
     case("group_option", ["trainer=gpux"], "trainer/gpux", "ddp_cpu"),

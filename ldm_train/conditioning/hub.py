@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from huggingface_hub import constants
+from huggingface_hub import constants, try_to_load_from_cache
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,22 @@ def _offline() -> bool:
     # Read the environment too: huggingface_hub reads HF_HUB_OFFLINE once, at import.
     flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
     return constants.HF_HUB_OFFLINE or flag.upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def unavailable_reason(name: str, cache_dir: str | None = None, subfolder: str = "") -> str | None:
+    """Why `load_pretrained(..., name)` would find no files (None: a folder, a cached copy, or a Hub it
+    may download from). Reads only the folder or the cache's config.json: the config check asks it
+    before anything is built."""
+    local = Path(name).expanduser()
+    if local.is_dir() or _looks_like_path(name):
+        return None if local.is_dir() else f"folder {name!r} does not exist; pass a save_pretrained folder or a Hub id."
+    config = f"{subfolder}/config.json" if subfolder else "config.json"
+    if isinstance(try_to_load_from_cache(name, config, cache_dir=cache_dir), str):
+        return None
+    if not _offline() and _hub_reachable():
+        return None
+    reason = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub is unreachable"
+    return f"{name!r} is not in the local Hugging Face cache and {reason}. " + OFFLINE_ENCODER_HINT.format(name=name)
 
 
 def load_pretrained(
