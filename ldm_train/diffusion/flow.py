@@ -42,11 +42,12 @@ logit-normal with m = 0); with m ≠ 0 they sample logit-normal(−m, s). Here u
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor
 
+from ldm_train.constraints import Ge, Le, NonNegativeFloat, PositiveFloat
 from ldm_train.diffusion.noise import sample_noise
 from ldm_train.diffusion.objective import ModelFn
 
@@ -72,8 +73,8 @@ class FlowSchedule:
 
     def __init__(
         self,
-        num_timesteps: int = 1000,  # T: the network sees the timestep t·T (diffusers' num_train_timesteps)
-        shift: float = 1.0,  # SD3's resolution-dependent shift s (1 = none, 3 = SD3 at 1024²), training and sampling
+        num_timesteps: Annotated[int, Ge(2)] = 1000,  # T: the network sees the timestep t·T (diffusers' num_train_timesteps)
+        shift: PositiveFloat = 1.0,  # SD3's resolution-dependent shift s (1 = none, 3 = SD3 at 1024²), training and sampling
     ) -> None:
         if num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2 (the timestep scale, 1000 usually), got {num_timesteps}")
@@ -148,10 +149,10 @@ class FlowObjective:
         schedule: FlowSchedule,  # the path, the timestep scale T and the shift
         timestep_sampling: FlowTimestepSampling = "logit_normal",  # density of u (module docstring)
         logit_mean: float = SD3_LOGIT_MEAN,  # m of logit_normal: > 0 trains more on noisy inputs
-        logit_std: float = SD3_LOGIT_STD,  # s of logit_normal: smaller concentrates on t = sigmoid(m)
-        mode_scale: float = SD3_MODE_SCALE,  # s of mode: 0 is uniform, larger puts more mass mid-way
+        logit_std: PositiveFloat = SD3_LOGIT_STD,  # s of logit_normal: smaller concentrates on t = sigmoid(m)
+        mode_scale: Annotated[float, Ge(-1), Le(MODE_SCALE_MAX)] = SD3_MODE_SCALE,  # s of mode: 0 is uniform, larger puts more mass mid-way
         weighting: FlowWeighting = "uniform",  # loss weight on the v error (module docstring)
-        offset_noise: float = 0.0,  # offset-noise strength (noise.py); rarely needed: t = 1 is pure noise
+        offset_noise: NonNegativeFloat = 0.0,  # offset-noise strength (noise.py); rarely needed: t = 1 is pure noise
     ) -> None:
         if timestep_sampling not in FLOW_TIMESTEP_SAMPLINGS:
             raise ValueError(

@@ -31,6 +31,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
+from ldm_train.constraints import PositiveInt
 from ldm_train.files import save_safetensors_atomic
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class PostHocEMA(L.Callback):
     def __init__(
         self,
         sigma_rels: Sequence[float] = EDM2_SIGMA_RELS,  # relative lengths of the tracked profiles (EDM2: 0.05, 0.10)
-        every_n_steps: int | None = None,  # snapshot interval in optimizer steps; None: off
+        every_n_steps: PositiveInt | None = None,  # snapshot interval in optimizer steps; None: off
         dirpath: str | None = None,  # where snapshots go (the stage config: <run>/posthoc_ema)
         attribute: str = "unet",  # the averaged network, an attribute of the LightningModule
     ) -> None:

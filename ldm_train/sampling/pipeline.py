@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
+from ldm_train.constraints import PositiveFloat, PositiveInt, UnitInterval
 from ldm_train.diffusion.flow import FLOW_PREDICTION, FlowSchedule
 from ldm_train.diffusion.objective import ModelFn
 from ldm_train.diffusion.schedules import NoiseSchedule
@@ -38,7 +39,7 @@ class GuidedSampler:
     def __init__(
         self,
         sampler: SamplerName = "dpmpp_2m",  # samplers.py; flow models take euler, heun or dpmpp_2m
-        num_steps: int = 25,  # sampler steps: one network call each (heun: two, but on the last step)
+        num_steps: PositiveInt = 25,  # sampler steps: one network call each (heun: two, but on the last step)
         guidance_scale: float = 7.5,  # g of classifier-free guidance (or autoguidance); 1 is none
         spacing: Spacing | None = None,  # grid.py; None: leading for VP models, linspace for flow models
         steps_offset: int = 1,  # added to leading timesteps (VP only)
@@ -46,9 +47,9 @@ class GuidedSampler:
         final_sigma: FinalSigma = "zero",  # the last level: 0, or σ(t = 0) (VP only)
         quantize_t: bool = False,  # integer network timesteps, as some diffusers schedulers pass (denoiser.py)
         eta: float | None = None,  # stochasticity of ddim / euler_a; None keeps each one's default
-        shift: float | None = None,  # flow models: SD3's timestep shift for sampling; None: the model's
+        shift: PositiveFloat | None = None,  # flow models: SD3's timestep shift for sampling; None: the model's
         guidance_interval: Sequence[float] | None = None,  # [σ_lo, σ_hi] (VE σ): guide only there (cfg.py)
-        guidance_rescale: float = 0.0,  # φ of Lin et al.'s guidance rescale (cfg.py); 0 is off, 0.7 typical
+        guidance_rescale: UnitInterval = 0.0,  # φ of Lin et al.'s guidance rescale (cfg.py); 0 is off, 0.7 typical
     ) -> None:
         self.sampler = sampler
         self.sample_fn = get_sampler(sampler)
