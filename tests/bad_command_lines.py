@@ -191,6 +191,8 @@ CASES = [
          "data.samples_per_epoch=10", "less than one batch per rank"),
     case("resampled_without_epoch", [*SHARDS, "data.resampled=true"], "data.resampled=True",
          "also set data.samples_per_epoch"),
+    case("devices_zero", ["trainer.devices=0"], "trainer.devices=0", "count >= 1"),
+    case("devices_zero_ldm", [*LDM, "trainer=ddp_cpu", "trainer.devices=0"], "trainer.devices=0", "trainer=ddp_cpu"),
     case("nccl_on_cpu", ["trainer=ddp_cpu", "trainer.strategy.process_group_backend=nccl"],
          "process_group_backend='nccl'", "gloo", gpu_free=True),
 ]
