@@ -27,6 +27,7 @@ from ldm_train.conditioning import write_tiny_clip
 from ldm_train.conditioning.clip_text import CLIPTextEncoder
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import build_schedule
+from ldm_train.evaluate_cli import main as evaluate_main
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.lit.latent_stats import estimate_latent_std
 from ldm_train.unet import UNet
@@ -161,6 +162,11 @@ COMMON = ["trainer=ddp_cpu", "logger=csv", f"trainer.max_steps={STEPS}", f"train
           "data.shuffle_buffer=16"]
 
 
+# The in-loop evaluation, sharded over the two ranks: one sample per class prompt, 10 reference images.
+EVALUATION = ["evaluation=fashion_mnist_ldm", "evaluation.evaluator.per_prompt=1", "evaluation.evaluator.reference.n=10",
+              "evaluation.every_n_steps=null"]
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ddp")
@@ -180,7 +186,7 @@ def phase1(root: Path) -> Path:
 def phase2(root: Path, phase1: Path) -> Path:
     write_tiny_clip(root / "data" / "clip_tiny")
     result = run_train(["stage=ldm", "text_encoder=clip_tiny", "unet=tiny", "optim.warmup_steps=1",
-                        "module.ema_decay=0.9", "module.sampler.num_steps=2", *COMMON], root)
+                        "module.ema_decay=0.9", "module.sampler.num_steps=2", *COMMON, *EVALUATION], root)
     assert result.returncode == 0, result.stderr[-4000:]
     (run,) = run_dirs(root, "ldm")
     return run
@@ -206,9 +212,24 @@ def test_ddp_run_shares_one_directory_splits_data_and_reduces_metrics(phase, req
     # Rank 0 alone wrote the config, metrics, checkpoints and images.
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "config_resolved.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "FINISHED").is_file()
-    assert max(int(r["step"]) for r in read_metrics(run)) == STEPS - 1
+    logged = [int(r["step"]) for r in read_metrics(run) if not r.get("val/fid@10")]  # the evaluation logs step 4
+    assert max(logged) == STEPS - 1
     assert series(read_metrics(run), "val/loss" if phase == "phase2" else "val/rec_loss")
     assert list((run / "images").glob("*.png"))
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_is_sharded_and_equals_the_single_process_script(phase2: Path, tmp_path: Path):
+    in_loop = json.loads((phase2 / "evaluation" / f"step{STEPS:07d}.json").read_text())
+    assert in_loop["work_per_rank"] == [5, 5], "both ranks must sample their half"
+    assert series(read_metrics(phase2), "val/fid@10") and series(read_metrics(phase2), "val/class_accuracy")
+    out = evaluate_main([f"ckpt={phase2}", "n=10", "reference_n=10", "steps=2", "guidance=3.0", "save_samples=false",
+                         f"out_dir={tmp_path}"])
+    offline = json.loads((out / "evaluation.json").read_text())
+    assert offline["work_per_rank"] == [10]
+    assert offline["metrics"]["class_accuracy"] == in_loop["metrics"]["class_accuracy"]
+    for name, value in in_loop["metrics"].items():
+        assert offline["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
 
 
 @pytest.mark.slow
