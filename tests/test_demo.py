@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 STEPS = 16
 COMMON = [f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS // 2}", "trainer.limit_val_batches=1",
           "data.batch_size=8", "data.num_workers=0", "data.max_train_samples=256", "data.max_val_samples=16",
-          f"callbacks.images.every_n_steps={STEPS}"]
+          f"callbacks.images.every_n_steps={STEPS}", "evaluation.every_n_steps=null"]  # evaluated once, at the end
 PHASE1 = [*COMMON, "module.loss.disc_start=8", "evaluation.evaluator.reference.n=16", "module.latent_scale_batches=2"]
 PHASE2 = [*COMMON, "evaluation.evaluator.per_prompt=1", "evaluation.evaluator.reference.n=10", "module.sampler.num_steps=2"]
 
