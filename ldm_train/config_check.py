@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
@@ -152,6 +153,15 @@ def config_group_nodes() -> frozenset[str]:
     """Config group names: a root node of that name is the group's (`text_encoder` is written by
     its `@package _global_` options too); its keys are still checked."""
     return frozenset(folder.name for folder in CONFIG_DIR.iterdir() if folder.is_dir())
+
+
+def _group_choice(group: str) -> str:
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    return str(choices.get(group)) if choices.get(group) is not None else "null"
+
+
+def _group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
 
 
 def _join(path: str, key: Any) -> str:
@@ -287,8 +297,14 @@ class _Walk:
             anywhere = difflib.get_close_matches(str(key), list(self.known_leaves), n=1)
             hint = f"did you mean '{self.known_leaves[anywhere[0]]}'?" if anywhere else "nothing by that name is read."
         listed = ", ".join(valid[:_MAX_LISTED_KEYS]) + (", ..." if len(valid) > _MAX_LISTED_KEYS else "")
+        group = path.split(".", 1)[0]
         if reader:
             self.problems.append(f"{path}={_show(value)} (for {reader}): unknown key '{key}'; {hint} Valid keys: {listed}")
+        elif not valid and group in config_group_nodes() and "." in path:
+            # Values for a piece whose chosen option builds nothing (evaluation=none with an experiment's presets).
+            self.problems.append(
+                f"{path}={_show(value)}: {group}={_group_choice(group)} reads no keys, so nothing reads this; "
+                f"choose another {group} option ({', '.join(_group_options(group))}) or drop the value")
         else:
             self.problems.append(
                 f"{path}={_show(value)}: unknown key '{key}' (nothing reads it); {hint} Keys here: {listed}. "
