@@ -66,18 +66,18 @@ def parse_args(argv: list[str]) -> EvaluateArgs:
     return args
 
 
-def run_stage(ckpt_path: Path) -> tuple[str, dict]:
-    """The stage and resolved config recorded in a checkpoint."""
+def run_record(ckpt_path: Path) -> tuple[str, dict, int]:
+    """The stage, resolved config and optimizer step recorded in a checkpoint."""
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     config = checkpoint["hyper_parameters"]["config"]
-    return config["stage_name"], config
+    return config["stage_name"], config, checkpoint.get("global_step")
 
 
 def evaluate(args: EvaluateArgs) -> tuple[EvaluationResult, Path]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     ckpt_path = find_checkpoint(args.ckpt, stage=args.stage, log_dir=args.log_dir)
     run_dir = ckpt_path.parent.parent
-    stage, config = run_stage(ckpt_path)
+    stage, config, checkpoint_step = run_record(ckpt_path)
     resolution = config["data"]["resolution"]
     start = time.perf_counter()
     if stage == "autoencoder":
@@ -95,7 +95,6 @@ def evaluate(args: EvaluateArgs) -> tuple[EvaluationResult, Path]:
         result = evaluator.run(lambda prompts, seeds: pipe.sample(prompts, seeds, **settings), device,
                                keep_samples=args.save_samples)
         label = f"n{count_label(args.n)}_{args.sampler}_s{args.steps}_g{args.guidance:g}_seed{args.seed}"
-    checkpoint_step = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("global_step")
     result.details.update(
         stage=stage, ckpt=str(ckpt_path), step=checkpoint_step, device=str(device),
         seconds=time.perf_counter() - start, **settings,

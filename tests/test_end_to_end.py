@@ -125,6 +125,9 @@ def test_phase2_lowers_loss_on_the_phase1_export(phase2: Path, phase1: Path):
     ckpt = torch.load(phase2 / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     keys = ckpt["state_dict"].keys()
     assert any(k.startswith("ema.shadow.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    # The EMA is updated with each optimizer step, before any callback saves: the final checkpoint
+    # holds all STEPS updates (it held STEPS - 1 when the update ran after the callbacks' hooks).
+    assert int(ckpt["state_dict"]["ema.num_updates"]) == STEPS
     assert not any(k.startswith(("first_stage.", "text_encoder.")) for k in keys), "frozen parts saved"
     assert ckpt["first_stage_source"] == str(phase1 / "export" / "autoencoder.safetensors")
     assert list((phase2 / "images").glob("samples_*.png"))

@@ -8,6 +8,9 @@ The evaluation of step N runs at the start of the next batch (or at the end of t
 the module's own end-of-batch work (the EMA update) is done, and `last.ckpt` of step N holds exactly
 the weights that were scored. A run killed during an evaluation redoes it after resuming.
 All ranks evaluate together (each its share, see `evaluation.sharding`), so none waits alone.
+
+The module offers `evaluation_input()`: the input its stage's evaluator takes (phase 1: the autoencoder
+to score; phase 2: a `prompts, seeds -> images` function over its EMA UNet and sampler settings).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Protocol
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
@@ -27,13 +29,6 @@ from ldm_train.lit.callbacks import log_image_grid
 
 log = logging.getLogger(__name__)
 PREFIX = "val/"
-
-
-class Evaluable(Protocol):
-    """What a LightningModule offers the callback: the input its stage's evaluator takes
-    (phase 1: the autoencoder to score; phase 2: a prompts, seeds -> images function)."""
-
-    def evaluation_input(self): ...
 
 
 class EvaluationCallback(L.Callback):
