@@ -303,7 +303,7 @@ class _Walk:
         elif not valid and group in config_group_nodes() and "." in path:
             # Values for a piece whose chosen option builds nothing (evaluation=none with an experiment's presets).
             self.problems.append(
-                f"{path}={_show(value)}: {group}={_group_choice(group)} reads no keys, so nothing reads this; "
+                f"{path}={_show(value)}: {group}={_group_choice(group)} reads no keys, so nothing reads it; "
                 f"choose another {group} option ({', '.join(_group_options(group))}) or drop the value")
         else:
             self.problems.append(
