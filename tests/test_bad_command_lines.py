@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from tests.bad_command_lines import (
     prepare_root,
     warm_up,
 )
-from tests.helpers import run_train
+from tests.helpers import REPO, run_train
 
 # What building prints or leaves behind: Lightning's model summary, the data preparation's folder.
 BUILD_MARKERS = re.compile(r"Total params|\| Name\s+\| Type|Trainable params")
@@ -157,3 +159,21 @@ def test_check_only_on_a_slurm_sweep_checks_every_job_and_queues_nothing(tmp_pat
                         "-m"], tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "all 2 sweep jobs OK" in result.stdout and not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,expected", [
+    (["data.resolution=${nope}"], ["train.py: data.resolution=${nope}: refers to ${nope}", "reference an existing key"]),
+    (["trainer=gpux"], ["Could not find 'trainer/gpux'", "ddp_cpu"]),
+    (["optim.lrr=1"], ["Could not override 'optim.lrr'", "+optim.lrr=1"]),
+])
+def test_hydra_errors_show_their_cause_without_hydra_full_error(args, expected, tmp_path: Path):
+    """What a user sees by default (no HYDRA_FULL_ERROR): the key, the override and the fix, not only
+    Hydra's hint to set the variable."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(LDM_TRAIN_ROOT=str(tmp_path), WANDB_MODE="offline")
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), "evaluation=none", *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=SUBPROCESS_LIMIT_S * 2)
+    assert result.returncode != 0
+    missing = [word for word in expected if word not in result.stderr]
+    assert not missing, f"{missing} not in:\n{result.stderr[-3000:]}"
