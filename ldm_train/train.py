@@ -12,11 +12,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from ldm_train.config_check import ConfigError
 from ldm_train.config_rules import check_only, validate_config
 from ldm_train.console import print_config
 from ldm_train.distributed import distributed_job
@@ -93,4 +96,9 @@ def main(cfg: DictConfig) -> float | None:
     if cfg.check == "only":  # print the config and the check's verdict; build nothing
         return check_only(cfg)
     with distributed_job():  # this job's ranks run this job's overrides; torn down after it
-        return run(cfg)
+        try:
+            return run(cfg)
+        except ConfigError as error:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # a failed job of a sweep: the sweeper records it
+            raise SystemExit(f"Nothing was built: {error}") from None  # the report is the message, no traceback
