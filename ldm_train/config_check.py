@@ -121,7 +121,7 @@ def check_config(cfg: DictConfig) -> None:
 def config_problems(cfg: DictConfig) -> list[str]:
     walk = _Walk(cfg)
     walk.root()
-    return list(dict.fromkeys(walk.problems))  # one report per key, however many readers it has
+    return list(dict.fromkeys(walk.problems))
 
 
 # -- where keys are read ---------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Checks across pieces of a composed config, before anything is built: what one constructor's
 signature cannot see (UNet ↔ VAE channels, UNet ↔ text-encoder width, heads ↔ widths,
-resolution ↔ downsampling, LR schedule ↔ run length), files that must exist, and whether this
-machine can run the chosen accelerator, strategy and precision.
+resolution ↔ downsampling, LR schedule ↔ run length, shards × ranks × workers), files that must
+exist (the phase-1 export, shards, text-encoder weights), and whether this machine can run the
+chosen accelerator, strategy and precision. Also `check=only` and the check of a sweep's jobs.
 
 `validate_config` runs them after `config_check.config_problems`, and raises one ConfigError
 listing everything. Each rule reads plain config values and small JSON files only.
@@ -40,7 +41,7 @@ SWEEP_JOB_DIR = "<job>"
 def validate_config(cfg: DictConfig, machine: bool = True, files: bool = True) -> None:
     """Every problem of `cfg` at once, as one ConfigError. `machine`: also check that this machine
     has the hardware (off where jobs run elsewhere, e.g. on a SLURM login node); `files`: also
-    look for the phase-1 export and the shards."""
+    look for the phase-1 export, the shards and the text encoder's weights."""
     problems = config_problems(cfg)
     rules: list[Callable[[DictConfig], list[str]]] = [_schedule_length, _unet_heads, _autoencoder_groups,
                                                       _autoencoder_resolution, _unet_context, _device_count]
