@@ -21,7 +21,7 @@ def without_evaluation(overrides: list[str]) -> list[str]:
     """`evaluation=none` unless the test chooses an evaluation: the in-loop metrics load Inception
     and reference statistics, which only the evaluation tests pay for."""
     chooses = any(o.split("=")[0].lstrip("+~") == "evaluation" for o in overrides)
-    return overrides if chooses else ["evaluation=none", *overrides]
+    return overrides if chooses else [*overrides, "evaluation=none"]  # last: Hydra's flags (-m) come first
 
 
 def compose_config(overrides: list[str], root: Path) -> DictConfig:
