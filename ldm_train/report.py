@@ -24,11 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ldm_train.files import atomic_write  # noqa: E402
 
 SMOOTHING = 0.9  # exponential smoothing of the per-step training loss in the curves
-CURVES = {  # (phase, title): metric keys drawn against step
+CURVES = {  # (phase, title): metric keys drawn against step, one quantity (one scale) per panel
     ("phase 1", "training / validation loss"): ["train/rec", "val/rec_loss"],
-    ("phase 1", "reconstruction"): ["val/psnr"],
+    ("phase 1", "PSNR (dB)"): ["val/psnr"],
+    ("phase 1", "rFID"): ["val/rfid@"],
     ("phase 2", "training / validation loss"): ["train/loss", "val/loss"],
-    ("phase 2", "samples"): ["val/fid@", "val/class_accuracy"],
+    ("phase 2", "FID"): ["val/fid@"],
+    ("phase 2", "class accuracy"): ["val/class_accuracy"],
 }
 
 
@@ -79,8 +81,11 @@ def draw_curves(phases: list[PhaseRecord], path: Path) -> Path:
     """One panel per (phase, quantity): losses and in-loop metrics against the optimizer step."""
     rows = {p.name: read_rows(p.run_dir) for p in phases}
     panels = [(phase, title, keys) for (phase, title), keys in CURVES.items() if phase in rows]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
-    for axis, (phase, title, keys) in zip(axes[0], panels):
+    columns = -(-len(panels) // 2)
+    figure, axes = plt.subplots(2, columns, figsize=(4.2 * columns, 6.8), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    for axis, (phase, title, keys) in zip(axes.flat, panels):
         for key in keys:
             found = series(rows[phase], key)
             if found is None:
