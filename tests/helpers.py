@@ -21,7 +21,13 @@ def without_evaluation(overrides: list[str]) -> list[str]:
     """`evaluation=none` unless the test chooses an evaluation: the in-loop metrics load Inception
     and reference statistics, which only the evaluation tests pay for."""
     chooses = any(o.split("=")[0].lstrip("+~") == "evaluation" for o in overrides)
-    return overrides if chooses else [*overrides, "evaluation=none"]  # last: Hydra's flags (-m) come first
+    if chooses:
+        return overrides
+    # Next to the other overrides: Hydra's parser takes its flags (`-m`, `--cfg job`) before or after
+    # the overrides, but not between two of them.
+    flag = next((i for i, o in enumerate(overrides) if o.startswith("-")), len(overrides))
+    at = len(overrides) if flag == 0 else flag
+    return [*overrides[:at], "evaluation=none", *overrides[at:]]
 
 
 def compose_config(overrides: list[str], root: Path) -> DictConfig:

@@ -119,7 +119,8 @@ def test_check_only_with_errors_exits_non_zero(tmp_path: Path):
 def test_sweep_jobs_are_all_checked_before_the_first_starts(tmp_path: Path):
     result = run_train(["optim.lr=1e-3,-1", "-m"], tmp_path, timeout=SUBPROCESS_LIMIT_S * 2)
     assert result.returncode != 0
-    assert "optim.lr=-1: optim.lr (read as optim.optimizer.lr" in result.stderr and "Nothing was launched" in result.stderr
+    assert "sweep job optim.lr=-1" in result.stderr and "optim.lr (read as optim.optimizer.lr" in result.stderr
+    assert "got -1, must be >= 0" in result.stderr and "Nothing was launched" in result.stderr
     assert not (tmp_path / "data").exists(), "the first job started"
 
 
