@@ -53,7 +53,7 @@ def score(args: EvaluateArgs) -> tuple[Path, str]:
     result, out = evaluate(args)
     shown = {k: round(v, 4) for k, v in result.metrics.items() if "/" not in k}
     log.info("evaluation of %s: %s", args.ckpt, shown)
-    sampling = ["reference_n", "sampler", "steps", "guidance", "seed"] if "fid@" in str(result.metrics) else []
+    sampling = ["reference_n", "sampler", "steps", "guidance", "seed"] if result.details["stage"] == "ldm" else []
     fields = ["ckpt", "n", *sampling, "out_dir"]
     command = "python scripts/evaluate.py " + " ".join(f"{f}={shlex.quote(str(getattr(args, f)))}" for f in fields)
     return out, command

@@ -53,6 +53,7 @@ def test_demo_report_holds_every_promised_number(demo: Path):
         assert phase["wall_clock_s"] > 0 and phase["images_per_s"] > 0 and phase["peak_rss_mib"] > 100
         assert phase["command"].startswith("python train.py") and phase["evaluation_command"].startswith(
             "python scripts/evaluate.py")
+    assert "sampler=" not in phase1["evaluation_command"] and "sampler=dpmpp_2m" in phase2["evaluation_command"]
     assert set(phase1["evaluation"]["metrics"]) == {"psnr", "ssim", "lpips_vgg", "rfid@20"}
     metrics = phase2["evaluation"]["metrics"]
     assert {"fid@20", "kid@20", "class_accuracy"} <= set(metrics) and 0 <= metrics["class_accuracy"] <= 1

@@ -141,3 +141,16 @@ def test_bad_images_are_rejected(inception):
         inception(torch.zeros(2, 4, 8, 8))
     with pytest.raises(ValueError, match="uint8 or float"):
         inception(torch.zeros(2, 3, 8, 8, dtype=torch.int64))
+
+
+def test_fid_floor_script_scores_real_and_reconstructed_training_images(load_script, tmp_path, fashion_mnist):
+    from ldm_train.autoencoder import AutoencoderKL
+    from ldm_train.autoencoder.export import export_autoencoder
+
+    torch.manual_seed(0)
+    export_autoencoder(AutoencoderKL(ch=8, ch_mult=(1, 2), num_res_blocks=1, norm_groups=4, resolution=32,
+                                     z_channels=4, embed_dim=4), tmp_path / "run")
+    out = load_script("fid_floor").main(["--per-class", "2", "--reference-n", "20", "--vae", str(tmp_path / "run")])
+    assert out["n"] == 20
+    real, recon = out["real_train_vs_test20"], out["vae_reconstructions_vs_test20"]
+    assert 0 < real["fid"] < recon["fid"]  # an untrained autoencoder's reconstructions are far worse
