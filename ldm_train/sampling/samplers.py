@@ -141,6 +141,16 @@ def sample_heun(
     return x
 
 
+def _multistep_estimate(denoised: Tensor, old_denoised: Tensor | None, h: Tensor, h_last: Tensor | None,
+                        first_order: bool) -> Tensor:
+    """DPM-Solver++(2M)'s data estimate (Lu et al. 2022, Alg. 2), with r = h_{i−1}/h_i:
+    D = (1 + 1/(2r))·x̂_0(t_i) − 1/(2r)·x̂_0(t_{i−1}); just x̂_0(t_i) on a first-order step."""
+    if first_order:
+        return denoised
+    r = h_last / h
+    return (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
+
+
 @torch.no_grad()
 def sample_dpmpp_2m(
     denoiser: Denoise,
@@ -162,11 +172,8 @@ def sample_dpmpp_2m(
             callback(i, x, denoised)
         h = sigmas[i].log() - sigmas[i + 1].log()  # λ_{i+1} − λ_i; +inf when stepping to σ = 0
         last_low = lower_order_final and i == num_steps - 1 and num_steps < LOWER_ORDER_FINAL_MAX_STEPS
-        if old_denoised is None or sigmas[i + 1] == 0 or last_low:
-            estimate = denoised
-        else:
-            r = h_last / h  # Alg. 2: D = (1 + 1/(2r))·x̂_0(t_i) − 1/(2r)·x̂_0(t_{i−1})
-            estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
+        first_order = old_denoised is None or sigmas[i + 1] == 0 or last_low
+        estimate = _multistep_estimate(denoised, old_denoised, h, h_last, first_order)
         x = sigmas[i + 1] / sigmas[i] * x - torch.expm1(-h) * estimate
         old_denoised, h_last = denoised, h
     return x
@@ -194,11 +201,8 @@ def sample_flow_dpmpp_2m(
             callback(i, x, denoised)
         h = lambdas[i + 1] - lambdas[i]  # +inf from t = 1 or to t = 0
         last_low = lower_order_final and i == num_steps - 1 and num_steps < LOWER_ORDER_FINAL_MAX_STEPS
-        if old_denoised is None or sigmas[i + 1] == 0 or last_low or not torch.isfinite(h_last):
-            estimate = denoised
-        else:
-            r = h_last / h
-            estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * old_denoised
+        first_order = old_denoised is None or sigmas[i + 1] == 0 or last_low or not torch.isfinite(h_last)
+        estimate = _multistep_estimate(denoised, old_denoised, h, h_last, first_order)
         x = sigmas[i + 1] / sigmas[i] * x - (1 - sigmas[i + 1]) * torch.expm1(-h) * estimate
         old_denoised, h_last = denoised, h
     return x
