@@ -20,8 +20,6 @@ import difflib
 import functools
 import inspect
 import re
-import types
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationKeyError
 
+from ldm_train.config_types import matches, type_name
 from ldm_train.constraints import (
     Ge,
     Gt,
@@ -41,8 +40,6 @@ from ldm_train.constraints import (
     PathExists,
     PositiveFloat,
     PositiveInt,
-    choices_of,
-    constraints_of,
     parameter_hints,
     violation,
 )
@@ -279,7 +276,7 @@ class _Walk:
             return  # nested objects are checked by their own `_target_`
         if isinstance(value, ListConfig):
             value = OmegaConf.to_container(value, resolve=True)
-        problem = f"expected {_type_name(hint)}, got {value!r}" if not _matches(value, hint) else None
+        problem = f"expected {type_name(hint)}, got {value!r}" if not matches(value, hint) else None
         if problem is None and violation(value, hint):
             problem = f"got {value!r}, {violation(value, hint)}"
         if problem and (source, problem) not in self.reported:  # one report for a value several readers take
@@ -364,58 +361,3 @@ def _try(fn: Callable[[], Any]) -> Any:
 
 def _full_name(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
-
-
-# -- types -----------------------------------------------------------------------------------------
-def _matches(value: Any, hint: Any) -> bool:
-    """Best-effort structural check for the types configs hold; unknown types pass. Choices and
-    bounds are `constraints.violation`'s job."""
-    hint, _ = constraints_of(hint)
-    if hint is Any or hint is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is Literal:
-        return any(_matches(value, type(a)) for a in args)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint in (bool, str):
-        return isinstance(value, hint)
-    if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if not args or (origin is tuple and len(args) == 2 and args[1] is Ellipsis):
-            inner = args[0] if args else Any
-            return all(_matches(v, inner) for v in value)
-        if origin is tuple:
-            return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
-        return all(_matches(v, args[0]) for v in value)
-    if origin is Callable or hint is Callable:
-        return not isinstance(value, (int, float, str, bool, list))
-    if isinstance(hint, type) and value is not None and isinstance(value, (int, float, str, bool)):
-        return isinstance(value, hint) or (hint is float and isinstance(value, int))
-    return True
-
-
-def _type_name(hint: Any) -> str:
-    hint, _ = constraints_of(hint)
-    choices = choices_of(hint)
-    if choices is not None:
-        return "one of " + ", ".join(map(repr, choices))
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__ if hint.__module__ == "builtins" else f"{hint.__module__.split('.')[0]}.{hint.__name__}"
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is not None and args:
-        return f"{getattr(origin, '__name__', str(origin))}[{', '.join('...' if a is Ellipsis else _type_name(a) for a in args)}]"
-    return str(hint).replace("typing.", "").replace("collections.abc.", "")
-
