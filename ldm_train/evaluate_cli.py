@@ -46,6 +46,8 @@ class EvaluateArgs:
     sampler: str = "dpmpp_2m"
     steps: int = 25
     guidance: float = 3.0
+    guidance_interval: list[float] | None = None  # [σ_lo, σ_hi] (VE σ): guide only there (Kynkäänniemi et al. 2024)
+    guidance_rescale: float = 0.0  # φ of Lin et al. (2024)'s guidance rescale
     seed: int = 0  # sample i uses seed + i
     reference_n: int = 10_000  # phase 2: the first reference_n test images are the FID/KID reference
     batch_size: int = 100
@@ -90,11 +92,19 @@ def evaluate(args: EvaluateArgs) -> tuple[EvaluationResult, Path]:
             raise SystemExit(f"evaluate: n must be a multiple of {NUM_CLASSES} (n/10 per class prompt), got {args.n}")
         pipe = TextToImage.from_checkpoint(ckpt_path, device=device)
         settings = {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance}
+        if args.guidance_interval is not None:
+            settings["guidance_interval"] = list(args.guidance_interval)
+        if args.guidance_rescale:
+            settings["guidance_rescale"] = args.guidance_rescale
         evaluator = GenerationEvaluator(RealReference(n=args.reference_n, resolution=resolution),
                                         per_prompt=args.n // NUM_CLASSES, seed=args.seed, batch_size=args.batch_size)
         result = evaluator.run(lambda prompts, seeds: pipe.sample(prompts, seeds, **settings), device,
                                keep_samples=args.save_samples)
         label = f"n{count_label(args.n)}_{args.sampler}_s{args.steps}_g{args.guidance:g}_seed{args.seed}"
+        if args.guidance_interval is not None:
+            label += "_interval" + "-".join(f"{v:g}" for v in args.guidance_interval)
+        if args.guidance_rescale:
+            label += f"_rescale{args.guidance_rescale:g}"
     result.details.update(
         stage=stage, ckpt=str(ckpt_path), step=checkpoint_step, device=str(device),
         seconds=time.perf_counter() - start, **settings,
