@@ -45,7 +45,7 @@ from ldm_train.constraints import (
 )
 
 _HYDRA_KEYS = {"_target_", "_partial_", "_recursive_", "_convert_", "_args_"}
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 EXTRA = "extra"  # the user's own values: never checked, free to reference with ${extra.x}
 COLLECTIONS = ("callbacks", "logger")  # named entries, each a `_target_` node or null
 # Root nodes read by train.py itself (config groups are known from configs/ as well).

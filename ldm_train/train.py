@@ -27,7 +27,7 @@ from ldm_train.loggers import finish_loggers
 from ldm_train.resume import mark_finished, prepare_run, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 
 
 def instantiate_group(group: DictConfig | None) -> list:

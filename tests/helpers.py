@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIR = str(REPO / "configs")
+CONFIG_DIR = str(REPO / "ldm_train" / "configs")
 
 
 def without_evaluation(overrides: list[str]) -> list[str]:

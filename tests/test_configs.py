@@ -14,7 +14,7 @@ from ldm_train.config_check import check_config
 from ldm_train.train import instantiate_group
 from tests.helpers import REPO, compose_config, run_train
 
-CONFIGS = REPO / "configs"
+CONFIGS = REPO / "ldm_train" / "configs"
 
 
 def options(group: str) -> list[str]:

@@ -20,7 +20,7 @@ from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.sampling import GuidedSampler
 from ldm_train.unet import UNet
 
-FLOW_CONFIG = Path(__file__).parents[2] / "configs" / "diffusion" / "flow.yaml"
+FLOW_CONFIG = Path(__file__).parents[2] / "ldm_train" / "configs" / "diffusion" / "flow.yaml"
 IMAGES, RESOLUTION, BATCH, STEPS = 8, 32, 8, 12
 LOGVAR_MIN = -30.0  # DiagonalGaussian's clamp: a posterior std of 3e-7
 CAPTIONS = ["a photo of a bag", "a photo of a sneaker"]
