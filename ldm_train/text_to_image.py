@@ -1,7 +1,7 @@
-"""Prompt → image: the frozen text encoder, a guided sampler over the UNet, the VAE decoder.
+"""Prompt → image for users: a phase-2 run or checkpoint loaded onto a device.
 
-`generate` is the one sampling path (training-time sample grids use it too); `TextToImage`
-loads a phase-2 run or checkpoint onto a device and turns lists of prompts into images.
+`TextToImage` is the `LatentDiffusionPipeline` (pipeline.py) of a checkpoint, the object training samples
+with too, plus the sampler settings of a call and batching by explicit seeds.
 """
 
 from __future__ import annotations
@@ -20,29 +20,10 @@ from torch import nn
 from ldm_train.autoencoder.export import load_first_stage
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.checkpoints import find_checkpoint
+from ldm_train.pipeline import LatentDiffusionPipeline
 from ldm_train.sampling.pipeline import GuidedSampler, SamplerName
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def generate(
-    unet: nn.Module,
-    text_encoder: nn.Module,
-    first_stage: nn.Module,
-    schedule: NoiseSchedule,
-    prediction: str,
-    prompts: Sequence[str],
-    sampler: GuidedSampler,
-    seeds: Sequence[int],
-    latent_shape: Sequence[int],
-    guide_unet: nn.Module | None = None,
-) -> torch.Tensor:  # len(prompts) prompts -> B×3×H×W in [-1, 1]
-    """`guide_unet`: autoguidance (sampling/cfg.py) with this weaker UNet instead of the empty prompt."""
-    context = text_encoder(list(prompts))
-    uncond = text_encoder([""]) if sampler.guidance_scale != 1.0 and guide_unet is None else None
-    z = sampler(unet, schedule, prediction, context, uncond, latent_shape, seeds, guide_fn=guide_unet)
-    return first_stage.decode_latents(z).clamp(-1, 1)
 
 
 def _load_unet(path: str | Path, log_dir: str | Path) -> tuple[nn.Module, Any, DictConfig, dict]:
@@ -64,8 +45,8 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arrays]
 
 
-class TextToImage:
-    """A phase-2 model ready to sample: EMA UNet, text encoder, VAE, schedule and parameterisation.
+class TextToImage(LatentDiffusionPipeline):
+    """A phase-2 model ready to sample on `device`: EMA UNet, text encoder, VAE, schedule and parameterisation.
 
     >>> pipe = TextToImage.from_checkpoint("outputs/ldm/2026-11-30/10-00-00", device="cuda")
     >>> images = pipe(["a photo of a sneaker"], sampler="dpmpp_2m", steps=25, guidance=3.0, seed=0)
@@ -74,12 +55,8 @@ class TextToImage:
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, first_stage: nn.Module, schedule: NoiseSchedule,
                  prediction: str, latent_shape: Sequence[int], device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.unet = unet.eval().requires_grad_(False).to(self.device)
-        self.text_encoder = text_encoder.eval().to(self.device)
-        self.first_stage = first_stage.eval().requires_grad_(False).to(self.device)
-        self.schedule = schedule
-        self.prediction = prediction
-        self.latent_shape = tuple(latent_shape)
+        super().__init__(unet.eval().requires_grad_(False).to(self.device), text_encoder.eval().to(self.device),
+                         first_stage.eval().requires_grad_(False).to(self.device), schedule, prediction, latent_shape)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -113,8 +90,7 @@ class TextToImage:
         `load_autoguide`."""
         guided = GuidedSampler(sampler=sampler, num_steps=steps, guidance_scale=guidance, karras=karras,
                                guidance_interval=guidance_interval, guidance_rescale=guidance_rescale)
-        return generate(self.unet, self.text_encoder, self.first_stage, self.schedule, self.prediction,
-                        prompts, guided, seeds, self.latent_shape, guide_unet=autoguide).cpu()
+        return self.generate(prompts, guided, seeds, guide_unet=autoguide).cpu()
 
     def __call__(
         self,

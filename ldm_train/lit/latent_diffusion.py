@@ -23,8 +23,8 @@ from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.lit.frozen import FrozenStateMixin
+from ldm_train.pipeline import LatentDiffusionPipeline
 from ldm_train.sampling.pipeline import GuidedSampler
-from ldm_train.text_to_image import generate
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -70,7 +70,10 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         self.sample_prompts = list(sample_prompts)
         self.sampler = sampler or GuidedSampler()
         self.sampler.check(objective.schedule)  # e.g. a VP-only sampler for diffusion=flow: fail now, not at the first grid
-        self.latent_shape: tuple[int, ...] | None = None
+        # What sampling needs, in one object: the EMA UNet (when there is one), the frozen parts, the objective's
+        # schedule and parameterisation; the latent shape is set by the first training step or a checkpoint.
+        self.pipeline = LatentDiffusionPipeline(self.sampling_unet, self.text_encoder, self.first_stage,
+                                                objective.schedule, objective.prediction)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
 
     # -- frozen parts ---------------------------------------------------------------------------
@@ -87,6 +90,15 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.latent_shape = checkpoint.get("latent_shape")
+
+    @property
+    def latent_shape(self) -> tuple[int, ...] | None:
+        """C×h×w of one latent: the pipeline's, recorded in checkpoints."""
+        return self.pipeline.latent_shape
+
+    @latent_shape.setter
+    def latent_shape(self, shape: Sequence[int] | None) -> None:
+        self.pipeline.latent_shape = None if shape is None else tuple(shape)
 
     @property
     def sampling_unet(self) -> nn.Module:
@@ -182,8 +194,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
             raise RuntimeError("the latent shape is known after the first training step (or from a checkpoint)")
 
         def sample(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-            return generate(self.sampling_unet, self.text_encoder, self.first_stage, self.objective.schedule,
-                            self.objective.prediction, prompts, self.sampler, seeds, self.latent_shape)
+            return self.pipeline.generate(prompts, self.sampler, seeds)
 
         return sample
 
@@ -191,11 +202,10 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
     @torch.no_grad()
     def log_images(self, batch: dict) -> dict[str, torch.Tensor]:
         """Fixed prompts and seeds, EMA weights, classifier-free guidance."""
-        latent_shape = self.latent_shape or tuple(self.first_stage.encode_latents(batch["image"][:1]).shape[1:])
+        if self.latent_shape is None:  # images before the first training step (Lightning's sanity check)
+            self.latent_shape = self.first_stage.encode_latents(batch["image"][:1]).shape[1:]
         prompts = self.sample_prompts
-        images = generate(self.sampling_unet, self.text_encoder, self.first_stage, self.objective.schedule,
-                          self.objective.prediction, prompts, self.sampler, list(range(len(prompts))), latent_shape)
-        return {"samples": images}
+        return {"samples": self.pipeline.generate(prompts, self.sampler, list(range(len(prompts))))}
 
 
 def _check_compatible(unet: nn.Module, first_stage: nn.Module, text_encoder: nn.Module) -> None:

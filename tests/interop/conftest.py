@@ -1,5 +1,6 @@
 """A tiny phase-2 model (UNet, VAE with latent scale 0.5, random CLIP with the real tokenizer) and both ways of
-sampling it: ours (`generate`) and diffusers' StableDiffusionPipeline loaded from an exported folder."""
+sampling it: ours (`LatentDiffusionPipeline.generate`) and
+diffusers' StableDiffusionPipeline loaded from an exported folder."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ldm_train.conditioning import CLIPTextEncoder, MiniLMTextEncoder, write_tin
 from ldm_train.diffusion import NoiseSchedule
 from ldm_train.interop import SamplerSettings
 from ldm_train.sampling import GuidedSampler
-from ldm_train.text_to_image import TextToImage, generate
+from ldm_train.text_to_image import TextToImage
 from ldm_train.unet import UNet
 
 IMAGE_SIZE = 32  # diffusers' pipeline wants multiples of 8; the VAE below downsamples 4×
@@ -90,17 +91,7 @@ def ours(
     sampler = GuidedSampler(
         num_steps=steps, guidance_scale=guidance, quantize_t=quantize_t, **asdict(settings)
     )
-    images = generate(
-        pipe.unet,
-        pipe.text_encoder,
-        pipe.first_stage,
-        pipe.schedule,
-        pipe.prediction,
-        prompts,
-        sampler,
-        seeds,
-        pipe.latent_shape,
-    )
+    images = pipe.generate(prompts, sampler, seeds)
     return (images + 1) / 2
 
 

@@ -1,5 +1,5 @@
 """Guidance options: rescale (= diffusers' rescale_noise_cfg, in the network's output space), interval, autoguidance
-(also through text_to_image: `generate(guide_unet=...)`, `TextToImage.load_autoguide`)."""
+(also through the pipeline: `LatentDiffusionPipeline.generate(guide_unet=...)`, `TextToImage.load_autoguide`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from torch import nn
 
 from ldm_train.diffusion.flow import FlowSchedule
 from ldm_train.diffusion.schedules import NoiseSchedule
+from ldm_train.pipeline import LatentDiffusionPipeline
 from ldm_train.sampling import (
     CFGDenoiser,
     Denoiser,
@@ -24,7 +25,7 @@ from ldm_train.sampling import (
     make_sigmas,
     rescale_guidance,
 )
-from ldm_train.text_to_image import TextToImage, generate
+from ldm_train.text_to_image import TextToImage
 
 SEEDS = [3, 11]
 SHAPE = (4, 8, 8)
@@ -180,12 +181,13 @@ class _DecoderStub(nn.Module):
 
 
 def test_generate_with_a_guide_unet_is_autoguidance(toy_unet):
-    """text_to_image.generate(guide_unet=...) samples D_w + w·(D − D_w) and never encodes the empty prompt."""
+    """LatentDiffusionPipeline.generate(guide_unet=...) samples D_w + w·(D − D_w) and never encodes the empty prompt."""
     schedule = NoiseSchedule.scaled_linear()
     strong, weak = toy_unet(schedule, "v", seed=0), toy_unet(schedule, "v", seed=1)
     text, prompts = _TextStub(), ["a bag", "a sneaker"]
     sampler = GuidedSampler("euler", 6, 2.0, spacing="trailing")
-    images = generate(strong, text, _DecoderStub(), schedule, "v", prompts, sampler, SEEDS, SHAPE, guide_unet=weak)
+    pipeline = LatentDiffusionPipeline(strong, text, _DecoderStub(), schedule, "v", SHAPE)
+    images = pipeline.generate(prompts, sampler, SEEDS, guide_unet=weak)
     assert text.seen == [prompts]
     latents = sampler(strong, schedule, "v", text(prompts), None, SHAPE, SEEDS, guide_fn=weak)
     torch.testing.assert_close(images, latents[:, :3].clamp(-1, 1))
