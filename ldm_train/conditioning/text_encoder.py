@@ -6,10 +6,10 @@ import torch
 from torch import nn
 from transformers import BatchEncoding, PreTrainedTokenizerBase
 
-from ldm_train.conditioning.frozen import FrozenModule
+from ldm_train.nn.frozen import Frozen
 
 
-class FrozenTextEncoder(FrozenModule):
+class FrozenTextEncoder(Frozen):
     """A pretrained tokenizer + transformer, frozen; subclasses choose which hidden states become the context.
 
     Every prompt is padded / truncated to `max_length` tokens, so contexts of different batches (and the

@@ -24,16 +24,16 @@ from ldm_train.autoencoder.losses import AutoencoderLoss
 from ldm_train.constraints import ExistingPath, OpenUnitInterval, PositiveFloat, PositiveInt, check_arguments
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
-from ldm_train.lit.frozen import FrozenStateMixin
 from ldm_train.lit.latent_stats import estimate_latent_std
+from ldm_train.nn.frozen import freeze
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-class AutoencoderModule(FrozenStateMixin, L.LightningModule):
-    frozen_submodules = ("loss.perceptual",)  # LPIPS: 58 MB of fixed weights
+class AutoencoderModule(L.LightningModule):
+    frozen_submodules = ("loss.perceptual",)  # LPIPS (nn/frozen.py): 58 MB of fixed weights; FSDP leaves it unsharded
 
     def __init__(
         self,
@@ -56,6 +56,8 @@ class AutoencoderModule(FrozenStateMixin, L.LightningModule):
         self.automatic_optimization = False
         self.autoencoder = autoencoder
         self.loss = loss
+        if loss.perceptual is not None:
+            freeze(loss.perceptual)  # LPIPS is frozen already; any other perceptual network becomes so
         self.optimizer_factory = optimizer
         self.disc_optimizer_factory = disc_optimizer
         self.lr_scheduler_factory = lr_scheduler

@@ -22,7 +22,7 @@ from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt,
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
-from ldm_train.lit.frozen import FrozenStateMixin
+from ldm_train.nn.frozen import freeze
 from ldm_train.pipeline import LatentDiffusionPipeline
 from ldm_train.sampling.pipeline import GuidedSampler
 
@@ -30,8 +30,8 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
-class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
-    frozen_submodules = ("first_stage", "text_encoder")
+class LatentDiffusionModule(L.LightningModule):
+    frozen_submodules = ("first_stage", "text_encoder")  # nn/frozen.py; FSDP leaves them unsharded
 
     def __init__(
         self,
@@ -55,8 +55,8 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
         check_arguments(LatentDiffusionModule.__init__, locals())
         _check_compatible(unet, first_stage, text_encoder)
         self.unet = unet
-        self.first_stage = first_stage.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
+        self.first_stage = freeze(first_stage)
+        self.text_encoder = freeze(text_encoder)
         self.objective = objective
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -76,13 +76,7 @@ class LatentDiffusionModule(FrozenStateMixin, L.LightningModule):
                                                 objective.schedule, objective.prediction)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
 
-    # -- frozen parts ---------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> LatentDiffusionModule:
-        super().train(mode)
-        self.first_stage.eval()  # frozen: no dropout / norm updates, ever
-        self.text_encoder.eval()
-        return self
-
+    # -- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # What `TextToImage.from_checkpoint` needs besides the config: the exact VAE and latent size.
         checkpoint["first_stage_source"] = getattr(self.first_stage, "source", None)
