@@ -13,13 +13,13 @@ from torch import nn
 
 from ldm_train.autoencoder.encoder import (
     NORM_EPS,
-    MidBlock,
+    AutoencoderMidBlock,
     ResolutionStage,
     check_attn_resolutions,
     level_resolutions,
-    run_maybe_checkpointed,
 )
 from ldm_train.nn import Upsample
+from ldm_train.nn.checkpointing import checkpointed
 
 
 class DecoderStage(ResolutionStage):
@@ -69,7 +69,7 @@ class Decoder(nn.Module):
         resolutions = list(reversed(level_resolutions(resolution, num_levels)))
 
         self.conv_in = nn.Conv2d(z_channels, widths[0], kernel_size=3, padding=1)
-        self.mid = MidBlock(widths[0], mid_attention, dropout, norm_groups)
+        self.mid = AutoencoderMidBlock(widths[0], mid_attention, dropout, norm_groups)
         # One block more than the encoder per level, as in CompVis (the extra block replaced the UNet skip).
         self.up = nn.ModuleList(
             DecoderStage(
@@ -88,7 +88,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # B×z×h×w -> B×Cout×h·f×w·f
         h = self.conv_in(z)
-        h = run_maybe_checkpointed(self.mid, h, self.gradient_checkpointing)
+        h = checkpointed(self.mid, h, enabled=self.gradient_checkpointing)
         for stage in self.up:
-            h = run_maybe_checkpointed(stage, h, self.gradient_checkpointing)
+            h = checkpointed(stage, h, enabled=self.gradient_checkpointing)
         return self.conv_out(F.silu(self.norm_out(h)))

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ldm_train.nn import Downsample, ResBlock, SpatialSelfAttention
+from ldm_train.nn.checkpointing import checkpointed
 
 NORM_EPS = 1e-6  # GroupNorm epsilon of the CompVis / diffusers autoencoders
 
@@ -34,7 +34,7 @@ def check_attn_resolutions(attn_resolutions: Sequence[int], resolution: int, num
         )
 
 
-class MidBlock(nn.Module):
+class AutoencoderMidBlock(nn.Module):
     """Bottleneck: ResBlock -> (optional) spatial self-attention -> ResBlock, at constant width."""
 
     def __init__(self, channels: int, attention: bool, dropout: float, groups: int):
@@ -101,13 +101,6 @@ class EncoderStage(ResolutionStage):
         return x if self.downsample is None else self.downsample(x)
 
 
-def run_maybe_checkpointed(module: nn.Module, x: torch.Tensor, enabled: bool) -> torch.Tensor:
-    """Gradient checkpointing trades compute for activation memory: recompute `module` in backward."""
-    if enabled and module.training and torch.is_grad_enabled():
-        return checkpoint(module, x, use_reentrant=False)
-    return module(x)
-
-
 class Encoder(nn.Module):
     """Image B×in_channels×H×W -> B×(2·z_channels if double_z else z_channels)×H/f×W/f, f = 2^(len(ch_mult)-1)."""
 
@@ -149,7 +142,7 @@ class Encoder(nn.Module):
                 )
             )
         self.down = nn.ModuleList(stages)
-        self.mid = MidBlock(widths[-1], mid_attention, dropout, norm_groups)
+        self.mid = AutoencoderMidBlock(widths[-1], mid_attention, dropout, norm_groups)
         self.norm_out = nn.GroupNorm(norm_groups, widths[-1], eps=NORM_EPS)
         self.conv_out = nn.Conv2d(
             widths[-1], 2 * z_channels if double_z else z_channels, kernel_size=3, padding=1
@@ -158,6 +151,6 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×Cin×H×W -> B×(2)z×H/f×W/f
         h = self.conv_in(x)
         for stage in self.down:
-            h = run_maybe_checkpointed(stage, h, self.gradient_checkpointing)
-        h = run_maybe_checkpointed(self.mid, h, self.gradient_checkpointing)
+            h = checkpointed(stage, h, enabled=self.gradient_checkpointing)
+        h = checkpointed(self.mid, h, enabled=self.gradient_checkpointing)
         return self.conv_out(F.silu(self.norm_out(h)))

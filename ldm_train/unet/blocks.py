@@ -10,20 +10,13 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ldm_train.nn import Downsample, ResBlock, Upsample
+from ldm_train.nn.checkpointing import checkpointed
 from ldm_train.unet.transformer import SpatialTransformer
 
 MakeResBlock = Callable[[int, int], ResBlock]  # (in_channels, out_channels) -> ResBlock
 MakeTransformer = Callable[[int], SpatialTransformer]  # channels -> SpatialTransformer
-
-
-def run(module: nn.Module, *args: torch.Tensor, gradient_checkpointing: bool) -> torch.Tensor:
-    """module(*args), recomputing its activations in the backward pass instead of storing them if asked."""
-    if gradient_checkpointing and torch.is_grad_enabled():
-        return checkpoint(module, *args, use_reentrant=False)
-    return module(*args)
 
 
 class DownBlock(nn.Module):
@@ -54,9 +47,9 @@ class DownBlock(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:  # B×Cin×H×W -> B×Cout×H'×W', skips (one per layer)
         skips = []
         for i, resnet in enumerate(self.resnets):
-            x = run(resnet, x, temb, gradient_checkpointing=self.gradient_checkpointing)
+            x = checkpointed(resnet, x, temb, enabled=self.gradient_checkpointing)
             if self.attentions is not None:
-                x = run(self.attentions[i], x, context, gradient_checkpointing=self.gradient_checkpointing)
+                x = checkpointed(self.attentions[i], x, context, enabled=self.gradient_checkpointing)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -64,7 +57,7 @@ class DownBlock(nn.Module):
         return x, skips
 
 
-class MidBlock(nn.Module):
+class UNetMidBlock(nn.Module):
     """The bottleneck at the lowest resolution: ResBlock → transformer → ResBlock."""
 
     def __init__(
@@ -80,9 +73,9 @@ class MidBlock(nn.Module):
         self.gradient_checkpointing = gradient_checkpointing
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # B×C×h×w
-        x = run(self.resnets[0], x, temb, gradient_checkpointing=self.gradient_checkpointing)
-        x = run(self.attentions[0], x, context, gradient_checkpointing=self.gradient_checkpointing)
-        return run(self.resnets[1], x, temb, gradient_checkpointing=self.gradient_checkpointing)
+        x = checkpointed(self.resnets[0], x, temb, enabled=self.gradient_checkpointing)
+        x = checkpointed(self.attentions[0], x, context, enabled=self.gradient_checkpointing)
+        return checkpointed(self.resnets[1], x, temb, enabled=self.gradient_checkpointing)
 
 
 class UpBlock(nn.Module):
@@ -115,9 +108,9 @@ class UpBlock(nn.Module):
     ) -> torch.Tensor:  # B×Cin×h×w, pops len(resnets) skips from the end of `skips` -> B×Cout×H×W
         for i, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)
-            x = run(resnet, x, temb, gradient_checkpointing=self.gradient_checkpointing)
+            x = checkpointed(resnet, x, temb, enabled=self.gradient_checkpointing)
             if self.attentions is not None:
-                x = run(self.attentions[i], x, context, gradient_checkpointing=self.gradient_checkpointing)
+                x = checkpointed(self.attentions[i], x, context, enabled=self.gradient_checkpointing)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x)
         return x

@@ -18,7 +18,7 @@ from torch import nn
 
 from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt, check_arguments
 from ldm_train.nn import ResBlock, TimestepMLP, timestep_embedding
-from ldm_train.unet.blocks import DownBlock, MidBlock, UpBlock
+from ldm_train.unet.blocks import DownBlock, UNetMidBlock, UpBlock
 from ldm_train.unet.transformer import SpatialTransformer
 
 TIME_EMBED_MULT = 4  # timestep embedding width = 4 × model_channels (DDPM / LDM)
@@ -137,7 +137,7 @@ class UNet(nn.Module):
             )
             skip_channels += [width] * (num_res_blocks + (0 if last else 1))
 
-        self.mid_block = MidBlock(widths[-1], make_resblock, make_transformer, gradient_checkpointing=ckpt)
+        self.mid_block = UNetMidBlock(widths[-1], make_resblock, make_transformer, gradient_checkpointing=ckpt)
 
         self.up_blocks = nn.ModuleList()
         prev = widths[-1]
