@@ -1,8 +1,8 @@
 """Writing webdataset shards, and the manifest that records what a conversion wrote.
 
-Shards are written under a temporary name and renamed when complete, so an interrupted conversion
-never leaves a truncated shard under a final name; the manifest is written last and marks the
-whole conversion as done (a second conversion call can then return at once).
+Shards are written under a temporary name and published (synced, renamed: ldm_train/files.py) when
+complete, so an interrupted conversion never leaves a truncated shard under a final name; the manifest
+is written last and marks the whole conversion as done (a second conversion call can then return at once).
 """
 
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from webdataset import TarWriter
 
-from ldm_train.files import atomic_write
+from ldm_train.files import atomic_write, publish
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -71,7 +71,7 @@ class ShardWriter:
         self._writer.close()
         self._writer = None
         index = len(self.shards)
-        os.replace(self._temp_path(index), self._final_path(index))
+        publish(self._temp_path(index), self._final_path(index))
         self.shards.append(str(self._final_path(index)))
 
     def __enter__(self) -> "ShardWriter":

@@ -26,7 +26,7 @@ from torch import nn
 
 from ldm_train.autoencoder.layouts import to_diffusers_state_dict
 from ldm_train.diffusion.flow import FlowSchedule
-from ldm_train.interop.files import publish_folder
+from ldm_train.files import publish_folder
 from ldm_train.interop.scheduler import SamplerSettings, scheduler_config
 from ldm_train.interop.text_encoder import pipeline_text_encoder
 from ldm_train.interop.vae import diffusers_vae_config

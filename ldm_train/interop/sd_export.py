@@ -22,7 +22,7 @@ import torch
 from ldm_train.autoencoder.convert import SD_VAE_PREFIX
 from ldm_train.autoencoder.layouts import to_sd_state_dict
 from ldm_train.diffusion.flow import FlowSchedule
-from ldm_train.interop.files import save_safetensors_atomic
+from ldm_train.files import save_safetensors_atomic
 from ldm_train.interop.text_encoder import clip_to_sd
 from ldm_train.interop.vae import sd_scaling_factor
 from ldm_train.text_to_image import TextToImage
@@ -84,6 +84,6 @@ def export_sd(
             "writes the matching scheduler",
             out_file,
         )
-    save_safetensors_atomic(sd_state_dict(pipe, include_text_encoder), out_file, metadata, overwrite)
+    save_safetensors_atomic(sd_state_dict(pipe, include_text_encoder), out_file, metadata, overwrite=overwrite)
     log.info("Exported an original-layout SD checkpoint to %s", out_file)
     return out_file
