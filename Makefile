@@ -7,7 +7,7 @@ STAMP := .venv/.installed
 ASSETS_STAMP := .venv/.assets
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install test test-fast demo lint bench clean-outputs
+.PHONY: install test test-fast demo lint bench bench-data clean-outputs
 
 install: $(STAMP) $(ASSETS_STAMP)
 
@@ -46,7 +46,12 @@ demo: install
 lint: install
 	.venv/bin/ruff check ldm_train scripts tests train.py
 
+# Ours vs diffusers, same networks and weights: training steps, sampling, peak memory, our speed switches
+# (outputs/bench/bench.json). `make bench BENCH_ARGS="--size sd"` on a GPU; the data loader: `make bench-data`.
 bench: install
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+bench-data: install
 	$(PY) scripts/bench_data.py
 
 clean-outputs:

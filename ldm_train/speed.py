@@ -1,0 +1,87 @@
+"""Speed switches shared by both phases and scripts/bench.py: memory format, torch.compile, the AdamW
+implementation, and keeping the frozen VAE in fp32 under autocast.
+
+Each switch is a config flag (README "Speed switches"); tests/test_speed_switches.py checks that the loss
+after a few steps with and without it agrees within a stated tolerance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+AdamWImplementation = Literal["auto", "fused", "foreach", "for_loop"]
+COMPILE_MODES = get_args(CompileMode)
+ADAMW_IMPLEMENTATIONS = get_args(AdamWImplementation)
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """How a network is run; the defaults are what `ldm-train` does unless told otherwise."""
+
+    channels_last: bool = False  # NHWC activations and conv weights (faster convolutions on tensor cores)
+    compile: bool = False  # torch.compile the module in place (state-dict keys unchanged), static shapes
+    compile_mode: CompileMode = "default"  # torch.compile's mode
+    adamw: AdamWImplementation = "auto"  # see `adamw_options`
+
+    def __post_init__(self) -> None:
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode {self.compile_mode!r}: use one of {', '.join(COMPILE_MODES)}")
+        if self.adamw not in ADAMW_IMPLEMENTATIONS:
+            raise ValueError(f"adamw {self.adamw!r}: use one of {', '.join(ADAMW_IMPLEMENTATIONS)}")
+
+
+def prepare_module(module: nn.Module, settings: SpeedSettings) -> nn.Module:
+    """Apply the memory format and compilation in place; returns `module` (same object, same parameters).
+
+    `nn.Module.compile` wraps only `forward`, so the state dict, the optimizer's parameters and the EMA copy
+    are untouched. `dynamic=False`: shapes are kept fixed by the data (a fixed resolution, and the loaders
+    drop the last incomplete batch), so one graph serves the whole run; a new shape would recompile.
+    """
+    if settings.channels_last:
+        module.to(memory_format=torch.channels_last)
+    if settings.compile:
+        module.compile(mode=settings.compile_mode, dynamic=False)
+    return module
+
+
+def adamw_options(implementation: AdamWImplementation) -> dict[str, bool | None]:
+    """torch.optim.AdamW's `foreach` / `fused` arguments for one implementation.
+
+    fused: one kernel for all parameters (CUDA and CPU); foreach: one kernel per operation over lists of
+    tensors; for_loop: one parameter at a time; auto: torch's own choice (foreach on CUDA, for_loop on CPU).
+    All give the same update up to floating-point summation order.
+    """
+    return {
+        "auto": {"foreach": None, "fused": None},
+        "fused": {"foreach": None, "fused": True},
+        "foreach": {"foreach": True, "fused": None},
+        "for_loop": {"foreach": False, "fused": None},
+    }[implementation]
+
+
+def build_adamw(
+    params: Iterable[nn.Parameter], lr: float, settings: SpeedSettings, **kwargs
+) -> torch.optim.AdamW:
+    return torch.optim.AdamW(list(params), lr=lr, **adamw_options(settings.adamw), **kwargs)
+
+
+def adamw(params: Iterable[nn.Parameter], implementation: AdamWImplementation = "auto", **kwargs) -> torch.optim.AdamW:
+    """AdamW with a chosen implementation: the optimizer factory of configs/optim/*.yaml."""
+    if implementation not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"AdamW implementation {implementation!r}: use one of {', '.join(ADAMW_IMPLEMENTATIONS)}")
+    return torch.optim.AdamW(list(params), **adamw_options(implementation), **kwargs)
+
+
+def full_precision(device_type: str):
+    """A context that turns autocast off, for networks that must run in fp32 (the frozen VAE: fp16/bf16
+    VAEs are known to produce NaNs and banding). Inputs must be cast to fp32 by the caller."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()

@@ -1,0 +1,268 @@
+"""Side-by-side speed and memory of ours vs diffusers at one configuration, same weights (scripts/bench_models.py).
+
+Outputs are checked to agree first; then each row alternates ours/theirs after warm-up and reports medians
+over repetitions. Rows: (a) UNet training step with a text context, (b) VAE training step (the plain
+reconstruction step on both sides; ours also with the full phase-1 loss), (c) 25-step DPM-Solver++ sampling
+with CFG, (d) peak memory (RSS of a child process on CPU, max_memory_allocated on GPU), and our speed switches
+on vs off. fp32 everywhere, bf16 autocast rows on GPU; `--compile` adds rows with both sides compiled.
+Writes outputs/bench/bench.json: [{"name", "device", "dtype", "mode", "ours", "theirs", "unit", "ratio"}],
+ratio > 1 meaning we are better (faster or smaller). A measurement, not a test: numbers depend on the load.
+
+    python scripts/bench.py [--size small|sd] [--reps 7] [--compile]      (make bench)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import bench_models as models
+import torch
+
+from ldm_train.speed import SpeedSettings
+
+log = logging.getLogger("bench")
+OUTPUT = Path("outputs/bench/bench.json")
+MIB = 2**20
+KIB = 2**10
+MEMORY_STEPS = 3  # steps run by a memory child process (after one warm-up step)
+# Dense bf16 tensor-core peak FLOP/s (vendor data sheets; SXM parts), matched against the device name.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
+                   "RTX 4090": 165e12, "A10G": 70e12}  # fmt: skip
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def default_speed(device: torch.device) -> SpeedSettings:
+    """Our default switches on this device (configs: README "Speed switches")."""
+    if device.type == "cuda":
+        return SpeedSettings(channels_last=True, adamw="fused")
+    return SpeedSettings()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_alternating(ours: Callable, theirs: Callable | None, device: torch.device, args) -> tuple[float, float | None]:
+    """Median seconds per call of each side; sides alternate (and swap who goes first) every repetition."""
+    sides = [("ours", ours)] + ([("theirs", theirs)] if theirs is not None else [])
+    for _, fn in sides:
+        for _ in range(args.warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name, _ in sides}
+    for rep in range(args.reps):
+        for name, fn in sides if rep % 2 == 0 else sides[::-1]:
+            start = time.perf_counter()
+            for _ in range(args.iters):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - start) / args.iters)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return medians["ours"], medians.get("theirs")
+
+
+def row(name, device, dtype, mode, ours, theirs, unit, higher_is_better: bool = False) -> dict:
+    ratio = None
+    if theirs is not None and ours:
+        ratio = ours / theirs if higher_is_better else theirs / ours
+    return {"name": name, "device": device.type, "dtype": dtype, "mode": mode, "ours": ours, "theirs": theirs,
+            "unit": unit, "ratio": ratio}  # fmt: skip
+
+
+def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, mode: str, args) -> list[dict]:
+    dtype = DTYPES[dtype_name]
+    speed = default_speed(device)
+    if mode == "compiled":
+        speed = replace(speed, compile=True)
+    rows = []
+    pair = models.build_pair(size, device)
+    models.check_unets(pair)
+    models.check_vaes(pair)
+    ours_sample, their_sample = models.sampling_runs(pair, dtype)
+    if dtype == torch.float32:  # bf16 trajectories drift apart by design; fp32 must agree
+        models._assert_close("sampled images", ours_sample(), their_sample(), args.sample_atol)
+    if mode == "compiled":
+        for net in (pair.their_unet, pair.their_vae):
+            net.compile(dynamic=False)
+    ours, theirs = models.unet_steps(pair, speed, dtype)
+    t_ours, t_theirs = time_alternating(ours, theirs, device, args)
+    rows.append(row("unet_train_step", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
+    if device.type == "cuda":
+        ips = size.unet_batch / t_ours, size.unet_batch / t_theirs
+        rows.append(row("unet_train_images_per_s", device, dtype_name, mode, *ips, "images/s", True))
+        rows += mfu_rows(pair, size, device, dtype_name, mode, t_ours, t_theirs)
+    ours, theirs = models.vae_plain_steps(pair, speed, dtype)
+    t_ours, t_theirs = time_alternating(ours, theirs, device, args)
+    rows.append(row("vae_train_step_plain", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
+    perceptual = perceptual_module()
+    full = models.vae_full_step(pair, speed, dtype, perceptual)
+    t_full, _ = time_alternating(full, None, device, args)
+    name = "vae_train_step_full_phase1" + ("" if perceptual is not None else "_without_lpips")
+    rows.append(row(name, device, dtype_name, mode, 1e3 * t_full, None, "ms/step"))
+    sample_args = argparse.Namespace(**{**vars(args), "iters": 1})
+    t_ours, t_theirs = time_alternating(ours_sample, their_sample, device, sample_args)
+    per_image = size.sample_batch
+    rows.append(row("sample_dpmpp2m_25_cfg", device, dtype_name, mode, t_ours / per_image, t_theirs / per_image,
+                    "s/image"))  # fmt: skip
+    return rows
+
+
+def perceptual_module() -> torch.nn.Module | None:
+    """LPIPS-VGG as phase 1 uses it; None (the row then says so) when its converted weights are not installed."""
+    from ldm_train.autoencoder.lpips import LPIPS
+
+    try:
+        return LPIPS(net="vgg")
+    except (FileNotFoundError, OSError) as err:
+        log.warning("LPIPS weights not found (%s): the full phase-1 row runs without LPIPS", err)
+        return None
+
+
+def mfu_rows(pair, size, device, dtype_name, mode, t_ours, t_theirs) -> list[dict]:
+    """Model FLOP utilisation of the UNet step: FLOPs of forward + backward counted on our network by
+    torch.utils.flop_counter (the optimizer's few FLOPs left out), divided by time and the device's peak."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    name = torch.cuda.get_device_name(device)
+    peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
+    if peak is None or dtype_name != "bf16":
+        log.info("MFU: no bf16 peak for %r in PEAK_BF16_FLOPS (or not a bf16 row); not reported", name)
+        return []
+    x, t, ctx = pair.inputs["z"], pair.inputs["t"], pair.inputs["context"]
+    with FlopCounterMode(display=False) as counter, models.autocast(device, torch.bfloat16):
+        pair.unet(x, t, ctx).float().square().mean().backward()
+    flops = counter.get_total_flops()
+    log.info("MFU against %s's dense bf16 peak %.0f TFLOP/s; %.3g FLOP per step", name, peak / 1e12, flops)
+    return [row(f"unet_train_mfu[{name}]", device, dtype_name, mode, flops / t_ours / peak,
+                flops / t_theirs / peak, "fraction of peak", True)]  # fmt: skip
+
+
+def switch_rows(size: models.BenchSize, device: torch.device, args) -> list[dict]:
+    """Each of our switches on ("ours") vs off ("theirs" = ours with the switch off), UNet step, fp32."""
+    base = SpeedSettings()
+    switches = {"channels_last": replace(base, channels_last=True), "adamw_fused": replace(base, adamw="fused"),
+                "adamw_foreach": replace(base, adamw="foreach")}  # fmt: skip
+    rows = []
+    for switch, speed in switches.items():
+        on, off = models.build_pair(size, device), models.build_pair(size, device)
+        step_on, _ = models.unet_steps(on, speed, torch.float32)
+        step_off, _ = models.unet_steps(off, base, torch.float32)
+        t_on, t_off = time_alternating(step_on, step_off, device, args)
+        rows.append(row(f"switch:{switch} (theirs = ours, switch off)", device, "fp32", "eager",
+                        1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
+    return rows
+
+
+# -- peak memory: one child process per side, so each measures only its own networks -------------------------
+def memory_child(case: str, side: str, size: models.BenchSize, device: torch.device, dtype_name: str) -> float:
+    """Peak bytes of `case` for one side above the process's state before its networks were built: RSS high-water
+    mark (VmHWM, reset after building) on CPU; max_memory_allocated on GPU."""
+    base_rss = _proc_status("VmRSS")
+    pair = models.build_pair(size, device, side)
+    dtype = DTYPES[dtype_name]
+    speed = default_speed(device)
+    steps = {"unet_train_step": lambda: models.unet_steps(pair, speed, dtype),
+             "vae_train_step_plain": lambda: models.vae_plain_steps(pair, speed, dtype),
+             "sample_dpmpp2m_25_cfg": lambda: models.sampling_runs(pair, dtype)}[case]()  # fmt: skip
+    fn = steps[0] if side == "ours" else steps[1]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(1 + MEMORY_STEPS):
+            fn()
+        return float(torch.cuda.max_memory_allocated(device))
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux ≥ 4.0)
+    for _ in range(1 + MEMORY_STEPS):
+        fn()
+    return float(_proc_status("VmHWM") - base_rss)
+
+
+def _proc_status(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * KIB
+
+
+def memory_rows(device: torch.device, dtype_name: str, args) -> list[dict]:
+    rows = []
+    for case in ("unet_train_step", "vae_train_step_plain", "sample_dpmpp2m_25_cfg"):
+        peaks = {}
+        for side in ("ours", "theirs"):
+            cmd = [sys.executable, __file__, "--size", args.size, "--device", str(device), "--memory-child",
+                   case, side, dtype_name] + (["--tiny"] if args.tiny else [])  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            peaks[side] = json.loads(out.strip().splitlines()[-1])["peak_bytes"] / MIB
+        rows.append(row(f"peak_memory:{case}", device, dtype_name, "eager", peaks["ours"], peaks["theirs"], "MiB"))
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'name':58} {'dev':4} {'dtype':5} {'mode':8} {'ours':>10} {'theirs':>10} {'unit':17} {'ratio':>6}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        theirs = "-" if r["theirs"] is None else f"{r['theirs']:10.4g}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:6.2f}"
+        lines.append(f"{r['name']:58} {r['device']:4} {r['dtype']:5} {r['mode']:8} {r['ours']:10.4g} "
+                     f"{theirs:>10} {r['unit']:17} {ratio:>6}")  # fmt: skip
+    print("\n".join(lines))
+
+
+def sizes_for(args) -> list[models.BenchSize]:
+    if args.tiny:
+        return [models.TINY]
+    if args.size == "small":
+        return [models.SIZES["small"]]
+    return [models.SIZES[f"sd{r}"] for r in args.resolutions]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=("small", "sd"), default="small")
+    parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], choices=(256, 512),
+                        help="--size sd: image sizes (SD 1.x UNet, kl-f8 VAE)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reps", type=int, default=7, help="timed repetitions per side (median reported)")
+    parser.add_argument("--iters", type=int, default=3, help="calls per repetition (sampling: 1)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per side first")
+    parser.add_argument("--compile", action="store_true", help="add rows with both sides torch.compile'd")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--no-switches", action="store_true", help="skip the switch on/off rows")
+    parser.add_argument("--sample-atol", type=float, default=1e-3, help="image agreement required (fp32)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny configuration (tests/test_bench.py)")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--memory-child", nargs=3, metavar=("CASE", "SIDE", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device(args.device)
+    if args.memory_child:
+        case, side, dtype_name = args.memory_child
+        print(json.dumps({"peak_bytes": memory_child(case, side, sizes_for(args)[0], device, dtype_name)}))
+        return
+    dtypes = ["fp32"] + (["bf16"] if device.type == "cuda" else [])
+    modes = ["eager"] + (["compiled"] if args.compile else [])
+    rows = []
+    for size in sizes_for(args):
+        log.info("size %s on %s: %s", size.name, device, size)
+        for dtype_name in dtypes:
+            for mode in modes:
+                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in timing_rows(size, device, dtype_name, mode, args)]
+            if not args.no_memory:
+                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in memory_rows(device, dtype_name, args)]
+        if not args.no_switches:
+            rows += [dict(r, name=f"{size.name}/{r['name']}") for r in switch_rows(size, device, args)]
+    print_table(rows)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(rows, indent=1))
+    log.info("wrote %s", args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""scripts/bench.py at a tiny size: the JSON rows' format and meaning, and the memory measurement of one side."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+
+import bench_models  # noqa: E402
+
+KEYS = {"name", "device", "dtype", "mode", "ours", "theirs", "unit", "ratio"}
+ADAM_STATES = 2  # exp_avg and exp_avg_sq per parameter
+
+
+def test_bench_writes_rows_with_ratios_oriented_ours_better_above_one(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--reps", "1", "--iters", "1",
+           "--warmup", "0", "--no-memory", "--device", "cpu", "--output", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert all(set(r) == KEYS for r in rows)
+    names = {r["name"] for r in rows}
+    for expected in ("tiny/unet_train_step", "tiny/vae_train_step_plain", "tiny/sample_dpmpp2m_25_cfg",
+                     "tiny/switch:channels_last (theirs = ours, switch off)"):  # fmt: skip
+        assert expected in names
+    assert any(n.startswith("tiny/vae_train_step_full_phase1") for n in names)
+    for r in rows:
+        assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["mode"] == "eager"
+        assert r["ours"] > 0
+        if r["theirs"] is None:  # our full phase-1 loss: diffusers has none
+            assert r["ratio"] is None
+        else:  # times: theirs / ours
+            assert r["unit"] in ("ms/step", "s/image")
+            assert r["ratio"] == pytest.approx(r["theirs"] / r["ours"])
+    assert "unet_train_step" in result.stdout  # the printed table
+
+
+def test_parity_check_refuses_different_networks():
+    pair = bench_models.build_pair(bench_models.TINY, torch.device("cpu"))
+    assert bench_models.check_unets(pair) <= 1e-5
+    with torch.no_grad():
+        pair.their_unet.conv_out.bias.add_(0.1)
+    with pytest.raises(AssertionError, match="differ"):
+        bench_models.check_unets(pair)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux /proc needed for VmHWM")
+@pytest.mark.parametrize("side", ["ours", "theirs"])
+def test_memory_of_a_training_step_covers_weights_gradients_and_adam_state(side):
+    size = bench_models.TINY
+    params = sum(p.numel() * 4 for p in bench_models.build_unets(size)[0].parameters())  # fp32 bytes
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--device", "cpu",
+           "--memory-child", "unet_train_step", side, "fp32"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
+    peak = json.loads(out.strip().splitlines()[-1])["peak_bytes"]  # its own process, as bench.py measures it
+    assert peak >= (2 + ADAM_STATES) * params  # weights + gradients + AdamW's two moments
+    assert peak < 100 * params  # and not the whole process (torch alone is ~300 MB)
