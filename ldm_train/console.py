@@ -8,7 +8,7 @@ import rich.tree
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-PRINT_ORDER = ("stage_name", "data", "model", "module", "optim", "trainer", "callbacks", "logger", "paths")
+PRINT_ORDER = ("stage_name", "data", "module", "optim", "trainer", "callbacks", "logger", "paths")
 
 
 @rank_zero_only

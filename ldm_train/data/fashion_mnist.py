@@ -168,7 +168,7 @@ class FashionMNISTDataModule(WebDatasetDataModule):
         self,
         data_dir: str,
         resolution: PositiveInt = 32,
-        batch_size: PositiveInt = 128,
+        batch_size: PositiveInt = 64,
         num_workers: NonNegativeInt = 2,
         hflip: bool = True,
         shuffle_buffer: NonNegativeInt = 1000,
