@@ -7,6 +7,7 @@ so the autoencoder's downsampling divides evenly), stored as PNG (the loader rep
 Each sample's json holds {"caption", "label", "class_name", "index"}; evaluation needs the label.
 """
 
+import fcntl
 import io
 import logging
 from pathlib import Path
@@ -137,14 +138,26 @@ def ensure_fashion_mnist_shards(
     allow_download: bool = True,
 ) -> dict[str, str]:
     """Writes the shards once (a no-op when the manifest says they are there) and returns
-    {"train": pattern, "test": pattern}. max_*_samples keep the first N samples of a split."""
+    {"train": pattern, "test": pattern}. max_*_samples keep the first N samples of a split.
+    Processes that call it at once (the ranks of a torchrun or SLURM job) take turns: one writes, the
+    others then find the manifest."""
     for name, limit in (("max_train_samples", max_train_samples), ("max_test_samples", max_test_samples)):
         if limit is not None and limit < 1:
             raise ValueError(f"{name} must be >= 1 or None (all samples), got {limit}")
     out_dir = fashion_mnist_dir(data_dir, max_train_samples, max_test_samples, samples_per_shard)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        manifest = _write_once(out_dir, max_train_samples, max_test_samples, samples_per_shard, source_dir,
+                               str(Path(data_dir) / "fashion_mnist_download") if allow_download else None)
+    return {split: str(out_dir / info["pattern"]) for split, info in manifest["splits"].items()}
+
+
+def _write_once(out_dir: Path, max_train_samples: int | None, max_test_samples: int | None, samples_per_shard: int,
+                source_dir: str, download_dir: str | None) -> dict:
+    """The manifest of `out_dir`, writing the shards first unless they are complete."""
     manifest = read_manifest(out_dir)
     if not _is_complete(out_dir, manifest):
-        download_dir = str(Path(data_dir) / "fashion_mnist_download") if allow_download else None
         splits = {}
         for split, limit in (("train", max_train_samples), ("test", max_test_samples)):
             images, labels = load_split(split, source_dir, download_dir)
@@ -154,7 +167,7 @@ def ensure_fashion_mnist_shards(
         logger.info(
             "wrote Fashion-MNIST shards to %s: %s", out_dir, {s: i["count"] for s, i in splits.items()}
         )
-    return {split: str(out_dir / info["pattern"]) for split, info in manifest["splits"].items()}
+    return manifest
 
 
 class FashionMNISTDataModule(WebDatasetDataModule):
@@ -162,6 +175,8 @@ class FashionMNISTDataModule(WebDatasetDataModule):
 
     The training epoch is the train split's sample count (a fixed length, so DDP ranks stay in step);
     validation is the test split. max_train_samples / max_val_samples take a prefix for quick runs.
+    The shards are written (once) when the module is built, so it starts with its real shard patterns and
+    epoch length, like any other `WebDatasetDataModule`.
     """
 
     def __init__(
@@ -182,8 +197,13 @@ class FashionMNISTDataModule(WebDatasetDataModule):
         rank: NonNegativeInt = 0,
         world_size: PositiveInt = 1,
     ):
+        patterns = ensure_fashion_mnist_shards(data_dir, max_train_samples, max_val_samples, samples_per_shard,
+                                               source_dir)
+        train_count = read_manifest(Path(patterns["train"]).parent)["splits"]["train"]["count"]
         super().__init__(
-            train_shards="",  # known once the shards exist, see setup()
+            train_shards=patterns["train"],
+            val_shards=patterns["test"],
+            samples_per_epoch=train_count,
             batch_size=batch_size,
             resolution=resolution,
             num_workers=num_workers,
@@ -197,24 +217,3 @@ class FashionMNISTDataModule(WebDatasetDataModule):
             rank=rank,
             world_size=world_size,
         )
-        self.data_dir = data_dir
-        self.max_train_samples, self.max_val_samples = max_train_samples, max_val_samples
-        self.samples_per_shard, self.source_dir = samples_per_shard, source_dir
-
-    def _ensure(self) -> dict[str, str]:
-        return ensure_fashion_mnist_shards(
-            self.data_dir,
-            self.max_train_samples,
-            self.max_val_samples,
-            self.samples_per_shard,
-            self.source_dir,
-        )
-
-    def prepare_data(self) -> None:  # Lightning runs this once per node, before setup on every rank
-        self._ensure()
-
-    def setup(self, stage: str | None = None) -> None:
-        patterns = self._ensure()
-        self.train_shards, self.val_shards = patterns["train"], patterns["test"]
-        self.samples_per_epoch = read_manifest(Path(patterns["train"]).parent)["splits"]["train"]["count"]
-        super().setup(stage)

@@ -5,6 +5,7 @@ import io
 import json
 import struct
 import urllib.error
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,9 @@ def test_datamodule_batches_carry_labels_matching_captions(tmp_path, source):
         str(tmp_path / "data"), batch_size=4, num_workers=0, max_train_samples=20, max_val_samples=7,
         samples_per_shard=5, source_dir=str(tmp_path),
     )  # fmt: skip
-    datamodule.prepare_data()
+    # Built with its real shards and epoch length (the shards are written first), not filled in by setup().
+    assert datamodule.train_shards.endswith("train-{000000..000003}.tar") and datamodule.samples_per_epoch == 20
+    assert datamodule.val_shards.endswith("test-{000000..000001}.tar")
     datamodule.setup("fit")
     train = list(datamodule.train_dataloader())
     assert len(train) == 20 // 4
@@ -174,3 +177,21 @@ def test_real_debian_files(tmp_path):
     )
     check_split(patterns["train"], *(array[:300] for array in source["train"]))
     check_split(patterns["test"], *(array[:100] for array in source["test"]))
+
+
+def test_processes_building_the_shards_at_once_take_turns(tmp_path, source, monkeypatch):
+    """The ranks of a torchrun job build the datamodule at the same moment: one writes, the others read."""
+    loads = []
+    load_split = fm.load_split
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        return load_split(*args, **kwargs)
+
+    monkeypatch.setattr(fm, "load_split", counting)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: ensure_fashion_mnist_shards(
+            str(tmp_path / "data"), max_train_samples=20, max_test_samples=7, samples_per_shard=5,
+            source_dir=str(tmp_path)), range(3)))
+    assert sorted(loads) == ["test", "train"] and results[0] == results[1] == results[2]
+    check_split(results[0]["train"], *(array[:20] for array in source["train"]))
