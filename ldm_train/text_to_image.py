@@ -1,6 +1,6 @@
 """Prompt → image for users: a phase-2 run or checkpoint loaded onto a device.
 
-`TextToImage` is the `LatentDiffusionPipeline` (pipeline.py) of a checkpoint, the object training samples
+`TextToImage` is the `LatentDiffusionPipeline` (sampling/pipeline.py) of a checkpoint, the object training samples
 with too, plus the sampler settings of a call and batching by explicit seeds.
 """
 
@@ -20,8 +20,7 @@ from torch import nn
 from ldm_train.autoencoder.export import load_first_stage
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.checkpoints import find_checkpoint
-from ldm_train.pipeline import LatentDiffusionPipeline
-from ldm_train.sampling.pipeline import GuidedSampler, SamplerName
+from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline, SamplerName
 
 log = logging.getLogger(__name__)
 

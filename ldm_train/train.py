@@ -23,6 +23,7 @@ from ldm_train.config_check import ConfigError
 from ldm_train.config_rules import check_only, validate_config
 from ldm_train.console import print_config
 from ldm_train.distributed import distributed_job
+from ldm_train.lit.fault_tolerance import finish_when_restored_complete
 from ldm_train.loggers import finish_loggers
 from ldm_train.resume import mark_finished, prepare_run, resolve_ckpt_path
 
@@ -58,6 +59,7 @@ def run(cfg: DictConfig) -> float | None:
     if not loggers:  # Lightning refuses an LR monitor without a logger (logger=none, debug=fast_dev_run)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    finish_when_restored_complete(trainer)  # a run killed after its final checkpoint still exports etc.
     _log_batch_geometry(cfg, trainer)
 
     try:
