@@ -27,8 +27,7 @@ from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.nn.frozen import freeze
-from ldm_train.pipeline import LatentDiffusionPipeline
-from ldm_train.sampling.pipeline import GuidedSampler
+from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline
 from ldm_train.speed import CompileMode, SpeedSettings, full_precision, prepare_module
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
