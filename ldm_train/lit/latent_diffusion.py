@@ -27,6 +27,7 @@ from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.nn.frozen import freeze
+from ldm_train.runs import adopt_first_stage, first_stage_record
 from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline
 from ldm_train.speed import CompileMode, SpeedSettings, full_precision, prepare_module
 
@@ -85,6 +86,7 @@ class LatentDiffusionModule(L.LightningModule):
         self.pipeline = LatentDiffusionPipeline(self.sampling_unet, self.text_encoder, self.first_stage,
                                                 objective.schedule, objective.prediction)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self._first_stage_record: dict | None = None  # set at the first save (hashing the VAE once)
         self._grad_norm: torch.Tensor | None = None  # this step's, for logging and clipping alike
         # After the EMA copy: the EMA and sampling UNets stay eager (compiled once, the training UNet only).
         prepare_module(self.unet, SpeedSettings(compile=compile, compile_mode=compile_mode))
@@ -95,9 +97,17 @@ class LatentDiffusionModule(L.LightningModule):
             check(self.first_stage)
 
     # -- checkpoints ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # The run directory gets its own copy of a phase-1 export, so it can be moved whole (ldm_train/runs.py).
+        if self.trainer.is_global_zero:
+            adopt_first_stage(getattr(self.first_stage, "source", None), self.trainer.default_root_dir)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # What `TextToImage.from_checkpoint` needs besides the config: the exact VAE and latent size.
-        checkpoint["first_stage_source"] = getattr(self.first_stage, "source", None)
+        # What `TextToImage.from_checkpoint` needs besides the config: the VAE (the run's copy, by path relative
+        # to the run and SHA-256) and the latent size.
+        if self._first_stage_record is None:
+            self._first_stage_record = first_stage_record(getattr(self.first_stage, "source", None))
+        checkpoint["first_stage"] = self._first_stage_record
         checkpoint["latent_shape"] = self.latent_shape
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
