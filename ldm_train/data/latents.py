@@ -113,6 +113,7 @@ class LatentDataModule(WebDatasetDataModule):
         self,
         cache_dir: str,
         val_cache_dir: str | None = None,
+        resolution: PositiveInt | None = None,
         batch_size: PositiveInt = 32,
         val_batch_size: PositiveInt | None = None,
         num_workers: NonNegativeInt = 2,
@@ -128,6 +129,9 @@ class LatentDataModule(WebDatasetDataModule):
     ):
         check_arguments(LatentDataModule.__init__, locals())
         self.manifest = read_manifest(cache_dir)
+        if resolution is not None and resolution != self.manifest["resolution"]:
+            raise ValueError(f"data.resolution={resolution} but the cache {cache_dir} holds "
+                             f"{self.manifest['resolution']}² images; set data.resolution=null or to that")
         self.cache_dir, self.val_cache_dir = cache_dir, val_cache_dir
         train = "::".join(cache_shards(cache_dir, self.manifest))
         val = None if val_cache_dir is None else "::".join(cache_shards(val_cache_dir, read_manifest(val_cache_dir)))
