@@ -157,13 +157,14 @@ class ShardStream(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch.fill_(epoch)
 
-    def resume_at(self, epoch: int, batches_per_worker: list[int], next_worker: int) -> None:
-        """In `epoch`, stream worker w first replays (and drops) `batches_per_worker[w]` batches.
+    def resume_at(self, epoch: int | None, batches_per_worker: list[int] = (), next_worker: int = 0) -> None:
+        """In `epoch`, stream worker w first replays (and drops) `batches_per_worker[w]` batches
+        (`epoch` None: no replay).
 
         A DataLoader takes batches from its workers round robin starting at worker 0; the
         interrupted epoch continued with `next_worker`, so DataLoader worker i plays stream worker
         (i + next_worker) mod num_workers in that epoch: the round robin goes on where it stopped."""
-        self._resume = (epoch, list(batches_per_worker), next_worker)
+        self._resume = None if epoch is None else (epoch, list(batches_per_worker), next_worker)
 
     def __len__(self) -> int:  # batches per epoch on this rank; unknown for a single exact pass
         if self.batches_per_epoch is None:
@@ -226,7 +227,6 @@ class ShardStream(IterableDataset):
         # A full batch is held back until the next one is ready (or the pass ends), so skips after
         # the last good sample of a pass still reach the training loop, in the held batch.
         examples, held = [], None
-        collate_fn = getattr(self.decoder, "collate", collate)  # a decoder may bring its own (data/latents.py)
         for sample in raw:
             try:
                 examples.append(self.decoder(sample, rng))
@@ -236,12 +236,12 @@ class ShardStream(IterableDataset):
             counter.good()
             if len(examples) == self.batch_size:
                 if held is not None:
-                    yield collate_fn(held, counter.take())
+                    yield collate(held, counter.take())
                 held, examples = examples, []
         if held is not None:
-            yield collate_fn(held, counter.take())
+            yield collate(held, counter.take())
         if examples:  # only a single pass ends; its last batch may be partial
-            yield collate_fn(examples, counter.take())
+            yield collate(examples, counter.take())
 
 
 class EpochLoader(DataLoader):
@@ -282,6 +282,8 @@ class EpochLoader(DataLoader):
             _, delivered, self._first_worker = self._resume
             self._delivered = list(delivered)
             self.dataset.resume_at(*self._resume)
+        else:  # another loader over this dataset (end-of-training batches) must not replay its position
+            self.dataset.resume_at(None)
         self._resume = None
         return self._counted(super().__iter__())
 

@@ -23,13 +23,14 @@ from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.autoencoder.losses import AutoencoderLoss
 from ldm_train.constraints import ExistingPath, OpenUnitInterval, PositiveFloat, PositiveInt, check_arguments
 from ldm_train.lit.ema import EMA
-from ldm_train.lit.fault_tolerance import NonFiniteGuard
+from ldm_train.lit.fault_tolerance import NonFiniteGuard, end_of_training_batches
 from ldm_train.lit.latent_stats import estimate_latent_std
 from ldm_train.nn.frozen import freeze
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+LATENT_NOISE_SEED = 0  # of the posterior samples behind the latent scale (plus the rank)
 
 
 class AutoencoderModule(L.LightningModule):
@@ -179,7 +180,8 @@ class AutoencoderModule(L.LightningModule):
         return {"inputs": x, "reconstructions": recon, "abs_difference": (x - recon).abs() - 1}
 
     def on_train_end(self) -> None:
-        loader = self.trainer.train_dataloader
+        # Fixed batches and noise: a run resumed after its final checkpoint exports the same latent scale.
+        loader = end_of_training_batches(self.trainer)
         if loader is not None and self.latent_scale_batches > 0:
             self.set_latent_scale(loader, self.latent_scale_batches)
         if self.trainer.is_global_zero:
@@ -189,7 +191,8 @@ class AutoencoderModule(L.LightningModule):
     @torch.no_grad()
     def set_latent_scale(self, loader, num_batches: int) -> float:
         """Latent scale = 1/std of the posterior samples over `num_batches` of every rank."""
-        std = estimate_latent_std(self.eval_autoencoder, loader, num_batches, self.device, self.trainer.strategy)
+        generator = torch.Generator(self.device).manual_seed(LATENT_NOISE_SEED + self.global_rank)
+        std = estimate_latent_std(self.eval_autoencoder, loader, num_batches, self.device, self.trainer.strategy, generator)
         for net in {id(m): m for m in (self.autoencoder, self.eval_autoencoder)}.values():
             net.latent_norm.set_from_statistics(std)
         self.print(f"Latent std {std:.4f} → latent scale {1.0 / std:.5f}")

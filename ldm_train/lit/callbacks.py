@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from ldm_train.files import atomic_write
-from ldm_train.runs import IMAGES_DIR
+from ldm_train.lit.fault_tolerance import end_of_training_batches
 
 SUMMARY_FILE = "run_summary.json"
 KIB_PER_MIB = 1024  # ru_maxrss is in KiB on Linux
@@ -102,8 +102,9 @@ class ImageLogger(L.Callback):
             self.log_now(trainer, pl_module, batch)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self._last_step != trainer.global_step and trainer.train_dataloader is not None:
-            batch = next(iter(trainer.train_dataloader))
+        loader = end_of_training_batches(trainer)  # the same batch however the run reached its end
+        if self._last_step != trainer.global_step and loader is not None:
+            batch = next(iter(loader))
             self.log_now(trainer, pl_module, pl_module.transfer_batch_to_device(batch, pl_module.device, 0))
 
     def log_now(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict) -> None:
@@ -120,7 +121,7 @@ class ImageLogger(L.Callback):
     @rank_zero_only
     def _write(self, trainer: L.Trainer, images: dict[str, torch.Tensor], captions: list[str] | None) -> None:
         step = trainer.global_step
-        out_dir = Path(trainer.default_root_dir) / IMAGES_DIR
+        out_dir = Path(trainer.default_root_dir) / "images"
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, batch in images.items():
             grid = torchvision.utils.make_grid((batch.float().clamp(-1, 1) + 1) / 2, nrow=int(len(batch) ** 0.5 + 0.999))

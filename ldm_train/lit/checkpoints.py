@@ -1,5 +1,5 @@
-"""Checkpoint files: written atomically and kept current (periodically, at the end and on preemption).
-Where they live and how they are found again: ldm_train/runs.py."""
+"""Checkpoint files: written atomically, kept current (periodically, at the end and on preemption),
+and found again by run directory or `latest`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from ldm_train.files import atomic_write, temp_pattern
-from ldm_train.runs import LAST_CKPT_NAME, find_checkpoint  # noqa: F401  (find_checkpoint: until text_to_image imports it from runs)
+from ldm_train.files import TEMP_SUFFIX, atomic_write, replace_durably, temp_pattern
 
 log = logging.getLogger(__name__)
+LAST = "last.ckpt"
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -48,6 +48,13 @@ class LastCheckpoint(L.Callback):
     "time is nearly up" signal of batch schedulers) is treated as SIGTERM unless a handler is already
     installed (Lightning's SLURM auto-requeue). Any other exception saves nothing: the last checkpoint
     stays the last state known to be good. Saves go through the trainer's CheckpointIO (atomic).
+
+    A save in `on_train_batch_end` is written to a hidden temporary name and becomes `last.ckpt` once
+    the step's metrics and those of a validation due at that step are logged (at the end of that
+    validation, the next batch, the end of the epoch or of training): Lightning logs them after
+    `on_train_batch_end`, and a checkpoint published earlier would, killed in between, resume past
+    rows that were never written. A kill before the rename leaves the previous `last.ckpt` (the
+    steps since are trained again); the temporary file is removed when the run resumes.
     """
 
     def __init__(self, dirpath: str, every_n_steps: int | None = 500, every_n_minutes: float | None = None) -> None:
@@ -55,7 +62,10 @@ class LastCheckpoint(L.Callback):
             raise ValueError(f"every_n_steps must be >= 1 or null (no step-based saves), got {every_n_steps}")
         if every_n_minutes is not None and every_n_minutes <= 0:
             raise ValueError(f"every_n_minutes must be > 0 or null (no time-based saves), got {every_n_minutes}")
-        self.path = Path(dirpath) / LAST_CKPT_NAME
+        self.path = Path(dirpath) / LAST
+        # Where a save waits until its step's metrics are logged (a temporary name: see the class doc).
+        self.pending_path = self.path.with_name(f".{self.path.name}.pending{TEMP_SUFFIX}")
+        self._pending = False
         self.every_n_steps = every_n_steps
         self.every_n_minutes = every_n_minutes
         self._saved_step: int | None = None  # set when training starts
@@ -82,12 +92,38 @@ class LastCheckpoint(L.Callback):
             self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.publish(trainer)
         if trainer.global_step != self._saved_step and not trainer.fast_dev_run:
             self.save(trainer)  # stopped by max_epochs, max_time or a callback, between saves
+            self.publish(trainer)
+
+    # The step's metrics, and those of a validation run after it, are logged when these run. (A run
+    # restored from a checkpoint saved where a validation was due does not repeat it: Lightning's rule.)
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        self.publish(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.publish(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.publish(trainer)
 
     def save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path, weights_only=False)  # the full state: resumable
+        """The full (resumable) state of this step, published as `last.ckpt` by `publish`."""
+        if "://" in str(self.path):  # remote filesystems have no rename: written in place, at once
+            trainer.save_checkpoint(self.path, weights_only=False)
+        else:
+            trainer.save_checkpoint(self.pending_path, weights_only=False)
+            self._pending = True
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
+
+    def publish(self, trainer: L.Trainer) -> None:
+        """The last save becomes `last.ckpt` (rank 0 renames the file it wrote)."""
+        if not self._pending:
+            return
+        self._pending = False
+        if trainer.is_global_zero:
+            replace_durably(self.pending_path, self.path)
 
     # -- preemption -----------------------------------------------------------------------------
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
@@ -95,6 +131,7 @@ class LastCheckpoint(L.Callback):
             return  # another failure, or stopped before training started: the existing last.ckpt stays
         if trainer.global_step != self._saved_step:
             self.save(trainer)
+        self.publish(trainer)  # Lightning stops after logging the step: its row is written
         rank_zero_info(
             f"Stopped by a signal at step {trainer.global_step}: {self.path} holds that step. "
             "Run the same command again (resume=auto) to continue."
@@ -109,3 +146,22 @@ class LastCheckpoint(L.Callback):
 def _as_sigterm(signum: int, frame) -> None:
     log.info("Received SIGUSR1: stopping as for SIGTERM (checkpoint, then exit).")
     signal.raise_signal(signal.SIGTERM)
+
+
+def find_checkpoint(path: str | Path, stage: str, log_dir: str | Path = "outputs") -> Path:
+    """A `.ckpt` file; a run directory (→ its `checkpoints/last.ckpt`); or `latest` (→ the newest
+    run of `stage` under `log_dir` that has one)."""
+    if str(path) == "latest":
+        runs = sorted(Path(log_dir, stage).glob(f"*/*/checkpoints/{LAST}"), key=lambda p: p.parent.parent.parts)
+        if not runs:
+            raise FileNotFoundError(
+                f"ckpt=latest: no {stage} run with checkpoints/{LAST} under {Path(log_dir, stage)}. "
+                f"Train one with `python train.py stage={stage}` or pass ckpt=<run dir or .ckpt>."
+            )
+        return runs[-1]
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / LAST
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: pass a .ckpt file or a run directory holding checkpoints/{LAST}.")
+    return path

@@ -7,18 +7,25 @@
 - `RandomStateCheckpoint`: the global random streams (Python, NumPy, torch CPU and CUDA) of every rank
   go into each checkpoint and come back when training resumes, and validation never draws from them,
   so a resumed run draws the same noise, timesteps and caption drops as one that was never stopped.
+- `finish_when_restored_complete`: a run restored from a checkpoint whose training is already done
+  (killed after its final checkpoint, before or during the end-of-training work) still runs that
+  work (`on_train_start`, then every `on_train_end` hook: export, latent scale, final images, metrics,
+  run summary); Lightning's own fit loop skips them. The hooks write whole files (overwriting a
+  killed process's partial work), so the end of a run can be repeated until it completes. The data
+  they read come from `end_of_training_batches`: the same batches wherever the training stream stopped.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loops.fit_loop import _FitLoop
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -154,3 +161,41 @@ class RandomStateCheckpoint(L.Callback):
         if self._outside_validation is not None:
             _set_random_states(self._outside_validation)
             self._outside_validation = None
+
+
+class _FinishingFitLoop(_FitLoop):
+    """Lightning's fit loop; restored from a checkpoint whose `max_steps`/`max_epochs` is reached, it runs
+    the end-of-training hooks (after the start-of-training ones, which restore e.g. the random states)
+    with no step in between, where Lightning's own loop returns without calling either."""
+
+    def run(self) -> None:
+        self.setup_data()
+        # `limit_train_batches=0` or an empty loader: Lightning's "nothing to train", not "finished".
+        has_data = self.trainer.limit_train_batches != 0 and self.max_batches != 0
+        if self.trainer.ckpt_path is None or not has_data or not self.done:
+            super().run()
+            return
+        log.info("The checkpoint's training is complete: running the end-of-training work only.")
+        self.reset()
+        self.on_run_start()
+        self._restarting = False
+        self.on_run_end()
+
+
+def finish_when_restored_complete(trainer: L.Trainer) -> None:
+    """Give `trainer` the fit loop that completes the end-of-training work of a restored finished run
+    (see `_FinishingFitLoop`). Call before `trainer.fit`; Lightning lets a Trainer's fit loop be replaced."""
+    current = trainer.fit_loop
+    loop = _FinishingFitLoop(trainer, min_epochs=current.min_epochs, max_epochs=current.max_epochs)
+    loop.epoch_loop = current.epoch_loop
+    trainer.fit_loop = loop
+
+
+def end_of_training_batches(trainer: L.Trainer) -> Iterable | None:
+    """Training batches for end-of-training work (latent statistics, the final image grid) that do not
+    depend on where the training stream stopped: a fresh loader from the data module, which starts at
+    the first epoch. An uninterrupted run and one resumed at its end then read the same batches.
+    Without a data module, the trainer's own training loader."""
+    if trainer.datamodule is not None:
+        return trainer.datamodule.train_dataloader()
+    return trainer.train_dataloader

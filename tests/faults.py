@@ -1,0 +1,28 @@
+"""Fault injection for the kill-and-resume tests, added to a run from the command line:
+`+callbacks.kill._target_=tests.faults.KillAfterFinalCheckpoint`."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import lightning as L
+
+from ldm_train.lit.checkpoints import LastCheckpoint
+
+
+class KillAfterFinalCheckpoint(L.Callback):
+    """SIGKILLs the process the moment `last.ckpt` of the final step is on disk: before the export,
+    the latent scale, the final images, evaluation and run summary, and the FINISHED marker."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        (last,) = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
+        publish = last.publish
+
+        def publish_then_die(trainer: L.Trainer) -> None:
+            final = last.pending_path.is_file() and trainer.global_step >= trainer.max_steps
+            publish(trainer)
+            if final:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        last.publish = publish_then_die

@@ -1,0 +1,122 @@
+"""A run killed (SIGKILL) at any moment and resumed with the same command ends with the files of a run
+that was never stopped: killed right after its final checkpoint, the resumed run still writes the
+export, latent scale, final images, metrics, run summary and FINISHED marker (phase 1 and phase 2);
+killed mid-run, phase 2 resumes to the same UNet, EMA weights and EMA update count."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
+from ldm_train.autoencoder.export import export_autoencoder
+from ldm_train.conditioning import write_tiny_clip
+from ldm_train.files import TEMP_GLOB
+FINISHED_MARKER = "FINISHED"  # the marker a run writes when it returns normally
+from tests.helpers import read_metrics, run_dirs, run_train, series
+from tests.test_resume import final_state
+
+BATCHES_PER_EPOCH = 5
+COMMON = ["trainer.limit_val_batches=1", "trainer.log_every_n_steps=1",
+          "callbacks.last.every_n_steps=2", "callbacks.images.every_n_steps=1000", "logger=csv", "deterministic=true",
+          "data.num_workers=0", "data.batch_size=16", f"data.max_train_samples={16 * BATCHES_PER_EPOCH}",
+          "data.max_val_samples=16"]
+# Phase 1 ends with its first epoch (a restored loader then stands at the next epoch), phase 2 one
+# batch into its second; final validations at both ends.
+PHASE1_STEPS, PHASE2_STEPS = BATCHES_PER_EPOCH, BATCHES_PER_EPOCH + 1
+PHASE1 = ["stage=autoencoder", "autoencoder=tiny", "module.loss.perceptual=null", "module.loss.perceptual_weight=0",
+          "discriminator.ndf=8", "discriminator.n_layers=2", "module.loss.disc_start=3",
+          "module.latent_scale_batches=2", "module.ema_decay=0.9", "trainer.val_check_interval=5",
+          f"trainer.max_steps={PHASE1_STEPS}", *COMMON]
+PHASE2 = ["stage=ldm", "text_encoder=clip_tiny", "unet=tiny", "optim.warmup_steps=1", "module.ema_decay=0.9",
+          "module.sampler.num_steps=2", "module.sample_prompts=[a photo of a bag]", "trainer.val_check_interval=3",
+          f"trainer.max_steps={PHASE2_STEPS}",
+          *COMMON]
+KILL = "+callbacks.kill._target_=tests.faults.KillAfterFinalCheckpoint"
+END_OF_RUN = ["export/autoencoder.safetensors", "export/autoencoder.json"]  # phase 1's, besides images
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """One root for every run below: the data are prepared once; the commands differ, so
+    `resume=auto` continues only the run started with the same one."""
+    root = tmp_path_factory.mktemp("end_of_run")
+    write_tiny_clip(root / "data" / "clip_tiny")
+    return root
+
+
+def train(args: list[str], root: Path, stage: str, expect_kill: bool = False) -> Path:
+    before = set(run_dirs(root, stage))
+    result = run_train(args, root)
+    if expect_kill:
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = set(run_dirs(root, stage)) - before
+    return run
+
+
+def killed_after_final_checkpoint_then_resumed(args: list[str], root: Path, stage: str, steps: int) -> Path:
+    killed = train([*args, KILL], root, stage, expect_kill=True)
+    assert final_state(killed)["global_step"] == steps, "the kill came before the final checkpoint"
+    assert not (killed / FINISHED_MARKER).exists() and not list((killed / "images").glob("*"))
+    assert not (killed / "run_summary.json").exists()
+    resumed = run_train([*args, KILL], root)  # the same command: resume=auto continues the killed run
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "running the end-of-training work only" in (killed / "train.log").read_text()
+    return killed
+
+
+def files_of(run: Path, pattern: str) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.glob(pattern)) if p.is_file()}
+
+
+def assert_same_end(run: Path, reference: Path, steps: int, extra: list[str], losses: tuple[str, str]) -> None:
+    assert (run / FINISHED_MARKER).exists() and (reference / FINISHED_MARKER).exists()
+    assert files_of(run, "images/*") == files_of(reference, "images/*") != {}, "final images differ or are missing"
+    for name in extra:
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+    rows, reference_rows = read_metrics(run), read_metrics(reference)
+    assert [int(r["step"]) for r in rows] == [int(r["step"]) for r in reference_rows]
+    for key in losses:
+        assert series(rows, key) == series(reference_rows, key) != [], key
+    summary = (run / "run_summary.json").read_text()
+    assert f'"step": {steps}' in summary
+    assert not list(run.rglob(TEMP_GLOB)), "a temporary file was left behind"
+    expected, got = final_state(reference)["state_dict"], final_state(run)["state_dict"]
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+
+
+@pytest.fixture(scope="module")
+def phase1_reference(root: Path) -> Path:
+    return train(PHASE1, root, "autoencoder")
+
+
+@pytest.mark.slow
+def test_phase1_killed_after_its_final_checkpoint_resumes_to_the_same_export(root, phase1_reference):
+    run = killed_after_final_checkpoint_then_resumed(PHASE1, root, "autoencoder", PHASE1_STEPS)
+    assert_same_end(run, phase1_reference, PHASE1_STEPS, END_OF_RUN, ("train/rec", "val/rec_loss"))
+    scale = load_file(run / "export" / "autoencoder.safetensors")["latent_norm.scale"]
+    assert not torch.equal(scale, torch.ones_like(scale)), "the latent scale was not estimated"
+
+
+@pytest.fixture(scope="module")
+def first_stage(root: Path, tmp_path_factory) -> str:
+    """A phase-1 export for phase 2 (random weights: phase 2's resume does not depend on their quality)."""
+    torch.manual_seed(0)
+    vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=32, norm_groups=4)
+    return str(export_autoencoder(vae, tmp_path_factory.mktemp("vae")))
+
+
+@pytest.mark.slow
+def test_phase2_killed_after_its_final_checkpoint_resumes_to_the_same_end(root, first_stage):
+    args = [*PHASE2, f"first_stage.ckpt={first_stage}"]
+    reference = train(args, root, "ldm")
+    run = killed_after_final_checkpoint_then_resumed(args, root, "ldm", PHASE2_STEPS)
+    assert_same_end(run, reference, PHASE2_STEPS, [], ("train/loss", "val/loss"))
