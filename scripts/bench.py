@@ -38,6 +38,7 @@ MEMORY_STEPS = 3  # steps run by a memory child process (after one warm-up step)
 # Dense bf16 tensor-core peak FLOP/s (vendor data sheets; SXM parts), matched against the device name.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
                    "RTX 4090": 165e12, "A10G": 70e12}  # fmt: skip
+MINILM_DIM = 384  # MiniLM's context width
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -110,12 +111,41 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
     t_full, _ = time_alternating(full, None, device, args)
     name = "vae_train_step_full_phase1" + ("" if perceptual is not None else "_without_lpips")
     rows.append(row(name, device, dtype_name, mode, 1e3 * t_full, None, "ms/step"))
+    rows += phase2_rows(size, device, dtype_name, mode, speed, args)
     sample_args = argparse.Namespace(**{**vars(args), "iters": 1})
     t_ours, t_theirs = time_alternating(ours_sample, their_sample, device, sample_args)
     per_image = size.sample_batch
     rows.append(row("sample_dpmpp2m_25_cfg", device, dtype_name, mode, t_ours / per_image, t_theirs / per_image,
                     "s/image"))  # fmt: skip
     return rows
+
+
+def phase2_rows(size, device, dtype_name, mode, speed, args) -> list[dict]:
+    """(d) whole phase-2 steps (fp32 only: phase 2's frozen VAE stays fp32): ours vs theirs on the fly, and
+    ours from the latent cache vs ours on the fly (the cache's gain). Needs a text encoder of the UNet's width."""
+    text_encoder = text_encoder_for(size)
+    if text_encoder is None or dtype_name != "fp32":
+        return []
+    pair = models.build_pair(size, device)
+    ours_fly, theirs_fly, ours_cache = models.phase2_steps(pair, speed, text_encoder.to(device))
+    t_ours, t_theirs = time_alternating(ours_fly, theirs_fly, device, args)
+    t_cache, t_fly = time_alternating(ours_cache, ours_fly, device, args)
+    return [row("phase2_step_on_the_fly", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"),
+            row("phase2_step_cache (theirs = ours on the fly)", device, dtype_name, mode, 1e3 * t_cache,
+                1e3 * t_fly, "ms/step")]  # fmt: skip
+
+
+def text_encoder_for(size: models.BenchSize) -> torch.nn.Module | None:
+    """MiniLM (384-d, 32 tokens: the small UNet's context) when installed; None otherwise (rows left out)."""
+    if size.unet["context_dim"] != MINILM_DIM:
+        return None
+    try:
+        from ldm_train.conditioning.hf_text import MiniLMTextEncoder
+
+        return MiniLMTextEncoder(max_length=size.context_tokens)
+    except ImportError as err:
+        log.warning("phase-2 rows left out: %s", err)
+        return None
 
 
 def perceptual_module() -> torch.nn.Module | None:
