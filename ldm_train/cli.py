@@ -1,8 +1,9 @@
-"""The `ldm-train` command: training by default, `evaluate` and `sample` as subcommands.
+"""The commands: `ldm-train` = `python -m ldm_train` = `python train.py` (training by default; `evaluate` and
+`sample` as subcommands), and `ldm-sample` = `python -m ldm_train.sample` = `python scripts/sample.py`.
 
     ldm-train stage=autoencoder ...            # = python train.py ...
     ldm-train evaluate ckpt=latest n=1000      # = python scripts/evaluate.py ...
-    ldm-train sample ckpt=latest prompt="..."  # = python scripts/sample.py ...
+    ldm-train sample ckpt=latest prompt="..."  # = ldm-sample ... = python scripts/sample.py ...
 """
 
 from __future__ import annotations
@@ -10,7 +11,18 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUBCOMMANDS = {"evaluate": "ldm_train.evaluate_cli", "sample": "ldm_train.sample_cli"}
+from ldm_train.command_line import exit_on_bad_command_line, run_reporting_composition_errors
+
+SUBCOMMANDS = {"evaluate": "ldm_train.evaluate_cli", "sample": "ldm_train.sample"}
+
+
+def train(args: list[str]) -> None:
+    """Training with Hydra's overrides `args` (Hydra reads them from sys.argv): the command line's own
+    mistakes (grammar, a key twice) fail before torch is imported."""
+    exit_on_bad_command_line(args)
+    from ldm_train.train import main
+
+    run_reporting_composition_errors(main, args)
 
 
 def main() -> None:
@@ -18,6 +30,4 @@ def main() -> None:
         module = importlib.import_module(SUBCOMMANDS[sys.argv.pop(1)])
         module.main()
         return
-    from ldm_train.train import main as train  # Hydra reads the overrides from sys.argv
-
-    train()
+    train(sys.argv[1:])

@@ -1,4 +1,5 @@
-"""`python scripts/sample.py ckpt=<phase-2 run dir, .ckpt or latest> prompt="..." n_per_prompt=4 ...`
+"""`ldm-sample ckpt=<phase-2 run dir, .ckpt or latest> prompt="..." n_per_prompt=4 ...` (the same command:
+`python -m ldm_train.sample`, `ldm-train sample`, `python scripts/sample.py`)
 
 Writes one PNG per image, `manifest.jsonl` ({"file","prompt","seed","sampler","steps","guidance"}
 per line) and `grid.png` into `out_dir`. Image j of the whole job uses seed `seed + j`, so a
@@ -63,7 +64,8 @@ def read_prompts(args: SampleArgs) -> list[str]:
     return prompts
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
+    """Samples as `argv` (else sys.argv) says; returns None, the exit status of the `ldm-sample` script."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
@@ -91,4 +93,7 @@ def main(argv: list[str] | None = None) -> Path:
     grid = torch.cat(images)
     torchvision.utils.save_image((grid + 1) / 2, out / "grid.png", nrow=max(1, args.n_per_prompt))
     log.info("Wrote %d images, manifest.jsonl and grid.png to %s", len(jobs), out)
-    return out
+
+
+if __name__ == "__main__":
+    main()
