@@ -240,15 +240,15 @@ def _text_width(cfg: DictConfig, encoder: DictConfig) -> tuple[int | None, str]:
 
 def _first_stage_geometry(node: DictConfig) -> tuple[int, int, str]:
     """(latent channels, downsampling factor, where it was read) of phase 2's VAE, from JSON only."""
-    from ldm_train.autoencoder.export import CONFIG, EXPORT_DIR, LATEST, WEIGHTS, find_latest_export
+    from ldm_train.runs import EXPORT_CONFIG, LATEST, export_weights_in, is_export, latest_finished_export
 
-    path = find_latest_export(list(node.get("search_dirs") or [])) if node.ckpt == LATEST else Path(node.ckpt)
-    for candidate in (path / EXPORT_DIR / WEIGHTS, path / WEIGHTS):
-        if path.is_dir() and candidate.exists():
-            path = candidate
-    if path.name == WEIGHTS and (path.parent / CONFIG).is_file():
-        config = json.loads((path.parent / CONFIG).read_text())["config"]
-        return config["embed_dim"], 2 ** (_levels(config["ch_mult"]) - 1), str(path.parent / CONFIG)
+    if node.ckpt == LATEST:
+        path = latest_finished_export(list(node.get("search_dirs") or []), node.get("group"))
+    else:
+        path = export_weights_in(Path(node.ckpt))
+    if is_export(path):
+        config = json.loads((path.parent / EXPORT_CONFIG).read_text())["config"]
+        return config["embed_dim"], 2 ** (_levels(config["ch_mult"]) - 1), str(path.parent / EXPORT_CONFIG)
     if path.is_dir() and (path / "config.json").is_file():  # diffusers AutoencoderKL
         config = json.loads((path / "config.json").read_text())
         return config["latent_channels"], 2 ** (_levels(config["block_out_channels"]) - 1), str(path / "config.json")

@@ -31,7 +31,7 @@ from ldm_train.evaluation.reconstruction import ReconstructionEvaluator
 from ldm_train.evaluation.reference import RealReference
 from ldm_train.evaluation.results import EvaluationResult, count_label
 from ldm_train.files import atomic_write
-from ldm_train.lit.checkpoints import find_checkpoint
+from ldm_train.runs import find_checkpoint
 from ldm_train.text_to_image import TextToImage, to_pil
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from ldm_train.files import atomic_write
-from ldm_train.lit.checkpoints import find_checkpoint
 from ldm_train.lit.posthoc_ema import reconstruct
+from ldm_train.runs import find_checkpoint
 
 log = logging.getLogger(__name__)
 SNAPSHOT_DIR = "posthoc_ema"  # the stage config's callbacks.posthoc_ema.dirpath, relative to the run

@@ -1,6 +1,6 @@
 """Prompt → image for users: a phase-2 run or checkpoint loaded onto a device.
 
-`TextToImage` is the `LatentDiffusionPipeline` (pipeline.py) of a checkpoint, the object training samples
+`TextToImage` is the `LatentDiffusionPipeline` (sampling/pipeline.py) of a checkpoint, the object training samples
 with too, plus the sampler settings of a call and batching by explicit seeds.
 """
 
@@ -19,15 +19,15 @@ from torch import nn
 
 from ldm_train.autoencoder.export import load_first_stage
 from ldm_train.diffusion.schedules import NoiseSchedule
-from ldm_train.lit.checkpoints import find_checkpoint
-from ldm_train.pipeline import LatentDiffusionPipeline
-from ldm_train.sampling.pipeline import GuidedSampler, SamplerName
+from ldm_train.runs import find_checkpoint, first_stage_path
+from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline, SamplerName
 
 log = logging.getLogger(__name__)
 
 
-def _load_unet(path: str | Path, log_dir: str | Path) -> tuple[nn.Module, Any, DictConfig, dict]:
-    """(UNet with its EMA weights when there are any, objective, config, checkpoint) of a phase-2 run or `.ckpt`."""
+def _load_unet(path: str | Path, log_dir: str | Path) -> tuple[nn.Module, Any, DictConfig, dict, Path]:
+    """(UNet with its EMA weights when there are any, objective, config, checkpoint, its path) of a phase-2
+    run or `.ckpt`."""
     ckpt_path = find_checkpoint(path, stage="ldm", log_dir=log_dir)
     checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # tensors and plain data only
     cfg = OmegaConf.create(checkpoint["hyper_parameters"]["config"])
@@ -36,7 +36,7 @@ def _load_unet(path: str | Path, log_dir: str | Path) -> tuple[nn.Module, Any, D
     prefix = "ema.shadow." if any(k.startswith("ema.shadow.") for k in state) else "unet."
     unet.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
     log.info("Loaded %s (%s weights)", ckpt_path, "EMA" if prefix.startswith("ema") else "raw")
-    return unet, instantiate(cfg.diffusion), cfg, checkpoint
+    return unet, instantiate(cfg.diffusion), cfg, checkpoint, ckpt_path
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -62,9 +62,9 @@ class TextToImage(LatentDiffusionPipeline):
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         log_dir: str | Path = "outputs") -> TextToImage:
         """From a phase-2 run directory (its last checkpoint), a `.ckpt`, or `latest` (newest run
-        under `log_dir`)."""
-        unet, objective, cfg, checkpoint = _load_unet(path, log_dir)
-        first_stage = load_first_stage(checkpoint["first_stage_source"])
+        under `log_dir`). The VAE is the run's own copy (ldm_train/runs.py), so a moved run still loads."""
+        unet, objective, cfg, checkpoint, ckpt_path = _load_unet(path, log_dir)
+        first_stage = load_first_stage(str(first_stage_path(checkpoint, ckpt_path)))
         text_encoder = instantiate(cfg.text_encoder)
         return cls(unet, text_encoder, first_stage, objective.schedule, objective.prediction,
                    checkpoint["latent_shape"], device)
@@ -72,7 +72,7 @@ class TextToImage(LatentDiffusionPipeline):
     def load_autoguide(self, path: str | Path, log_dir: str | Path = "outputs") -> nn.Module:
         """The UNet of another phase-2 checkpoint as the weak model of autoguidance (Karras et al. 2024): an
         earlier checkpoint of this run, or a smaller model with the same latent space, objective and text encoder."""
-        unet, objective, cfg, checkpoint = _load_unet(path, log_dir)
+        unet, objective, cfg, checkpoint, _ = _load_unet(path, log_dir)
         same = (type(objective.schedule) is type(self.schedule) and objective.prediction == self.prediction
                 and tuple(checkpoint["latent_shape"]) == self.latent_shape
                 and getattr(unet, "config", {}).get("context_dim") == getattr(self.unet, "config", {}).get("context_dim"))

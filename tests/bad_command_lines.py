@@ -29,7 +29,8 @@ CLIP = "openai/clip-vit-large-patch14"  # text_encoder=clip_vit_l14, phase 2's d
 # The phase-1 export the phase-2 cases find with first_stage.ckpt=latest (only its JSON is read).
 EXPORT_CONFIG = {"in_channels": 3, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1, "z_channels": 4,
                  "embed_dim": 4, "resolution": 32}
-EXPORT_RUN = Path("outputs/autoencoder/2026-01-01/00-00-00/export")
+EXPORT_RUNS = Path("outputs/autoencoder/2026-01-01")
+EXPORT_GROUPS = (None, "fashion_mnist", "demo")  # no experiment, and the experiments' `group`
 # Two (empty) local shards, for the cases about shards × ranks × workers; `ROOT` is the test's root.
 ROOT = "ROOT"
 SHARDS = ["data=webdataset", f"data.train_shards={ROOT}/shards", "data.resolution=32"]
@@ -211,11 +212,15 @@ def args_for(bad: Case, root: Path) -> list[str]:
 
 
 def write_export(root: Path) -> None:
-    """A phase-1 export's JSON where `first_stage.ckpt=latest` looks (weights are never read)."""
-    export = root / EXPORT_RUN
-    export.mkdir(parents=True, exist_ok=True)
-    (export / "autoencoder.safetensors").write_bytes(b"")
-    (export / "autoencoder.json").write_text(json.dumps({"format_version": 1, "config": EXPORT_CONFIG}))
+    """Finished phase-1 runs with an export's JSON, one per experiment group, where
+    `first_stage.ckpt=latest` looks (weights are never read)."""
+    for minute, group in enumerate(EXPORT_GROUPS):
+        export = root / EXPORT_RUNS / f"00-{minute:02d}-00" / "export"
+        export.mkdir(parents=True, exist_ok=True)
+        (export / "autoencoder.safetensors").write_bytes(b"")
+        (export / "autoencoder.json").write_text(json.dumps({"format_version": 1, "config": EXPORT_CONFIG}))
+        (export.parent / "config_resolved.yaml").write_text(json.dumps({"group": group}))
+        (export.parent / "FINISHED").touch()
 
 
 def warm_up(root: Path) -> None:

@@ -81,7 +81,7 @@ def test_loggers_and_callbacks_instantiate(tmp_path):
     kinds = (CSVLogger, WandbLogger, TensorBoardLogger)
     assert len(loggers) == 3 and all(any(isinstance(lg, k) for lg in loggers) for k in kinds)
     callbacks = instantiate_group(cfg.callbacks)
-    assert {"ModelCheckpoint", "ThroughputMonitor", "ImageLogger", "SkippedSamplesLogger"} <= {
+    assert {"ModelCheckpoint", "ImagesPerSecond", "ImageLogger", "SkippedSamplesLogger"} <= {
         type(c).__name__ for c in callbacks
     }
 

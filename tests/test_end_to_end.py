@@ -4,6 +4,7 @@ on that export → scripts/sample.py. Each run goes through `python train.py` as
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 
 from ldm_train.conditioning import write_tiny_clip
 from ldm_train.evaluate_cli import main as evaluate_main
+from ldm_train.runs import file_sha256
 from tests.helpers import REPO, read_metrics, run_dirs, run_train, series
 
 pytestmark = pytest.mark.slow
@@ -129,7 +131,11 @@ def test_phase2_lowers_loss_on_the_phase1_export(phase2: Path, phase1: Path):
     # holds all STEPS updates (it held STEPS - 1 when the update ran after the callbacks' hooks).
     assert int(ckpt["state_dict"]["ema.num_updates"]) == STEPS
     assert not any(k.startswith(("first_stage.", "text_encoder.")) for k in keys), "frozen parts saved"
-    assert ckpt["first_stage_source"] == str(phase1 / "export" / "autoencoder.safetensors")
+    # The VAE by content and by a path inside the run: the run's own copy of the phase-1 export.
+    export = phase1 / "export" / "autoencoder.safetensors"
+    assert ckpt["first_stage"] == {"path": "first_stage/autoencoder.safetensors", "sha256": file_sha256(export),
+                                   "copied_from": str(export)}
+    assert (phase2 / "first_stage" / "autoencoder.safetensors").read_bytes() == export.read_bytes()
     assert list((phase2 / "images").glob("samples_*.png"))
 
 
@@ -175,6 +181,22 @@ def test_sample_script_writes_manifest_and_is_batch_size_invariant(phase2: Path,
         # float bits, which can move a pixel across an 8-bit rounding boundary, never further.
         diff = np.abs(a - b)
         assert diff.max() <= 1 and (diff == 0).mean() > 0.99, f"{line['file']} changed with the batch size"
+
+
+def test_a_moved_phase2_run_samples_without_the_phase1_run(phase2: Path, phase1: Path, root: Path):
+    """A run directory is self-contained: moved elsewhere, with its phase-1 run gone, it still samples."""
+    moved = root / "elsewhere" / "my-model"
+    shutil.copytree(phase2, moved)
+    hidden = phase1.with_name(phase1.name + ".hidden")
+    phase1.rename(hidden)  # no VAE at the path the training read it from
+    try:
+        result = _sample([f"ckpt={moved}", "prompt=a photo of a bag", "n_per_prompt=2", "steps=3",
+                          f"out_dir={root / 'moved_samples'}"], root)
+    finally:
+        hidden.rename(phase1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"First stage: {moved / 'first_stage' / 'autoencoder.safetensors'}" in result.stderr
+    assert (root / "moved_samples" / "00001.png").is_file()
 
 
 def test_sample_script_rejects_misspelt_key(phase2: Path, root: Path):

@@ -5,7 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from ldm_train import loggers
-from ldm_train.resume import FINISHED_MARKER, find_unfinished_run
+from ldm_train.resume import find_unfinished_run
+from ldm_train.runs import FINISHED_MARKER
 
 
 def test_wandb_mode_auto_goes_offline_without_credentials(monkeypatch, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -20,14 +21,13 @@ from omegaconf import OmegaConf
 from ldm_train.lit.csv_logger import ContinuingCSVLogger
 from ldm_train.loggers import finish_loggers, make_wandb_logger
 from ldm_train.resume import (
-    FINISHED_MARKER,
-    LOCK_FILE,
     WANDB_ID_FILE,
     choose_run_dir,
     find_unfinished_run,
     prepare_run,
     resolve_ckpt_path,
 )
+from ldm_train.runs import FINISHED_MARKER, LOCK_FILE
 from tests.helpers import REPO, read_metrics, run_dirs, run_train, series, without_evaluation
 
 
@@ -77,10 +77,19 @@ def test_auto_never_takes_over_a_run_that_is_still_going(tmp_path):
     assert find_unfinished_run(stage, "autoencoder", stage / "new", []) == busy / "checkpoints" / "last.ckpt"
 
 
-def test_the_checkpoint_restored_is_this_run_directory_s_unfinished_last_ckpt(tmp_path):
+def test_the_checkpoint_restored_is_this_run_directory_s_unfinished_last_ckpt(tmp_path, caplog):
     run = make_run(tmp_path, "run", [])
+    torch.save({"global_step": 7}, run / "checkpoints" / "last.ckpt")
     cfg = OmegaConf.create({"resume": "auto", "paths": {"output_dir": str(run)}})
-    assert resolve_ckpt_path(cfg) == str(run / "checkpoints" / "last.ckpt")
+    with caplog.at_level(logging.INFO, logger="ldm_train.resume"):
+        assert resolve_ckpt_path(cfg) == str(run / "checkpoints" / "last.ckpt")
+    # One line at start: which run continues, from which step.
+    assert caplog.messages == [f"resume=auto: continuing {run} from step 7 ({run / 'checkpoints' / 'last.ckpt'})"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ldm_train.resume"):
+        resolve_ckpt_path(OmegaConf.create({"resume": "auto", "paths": {"output_dir": str(tmp_path / "new")}}))
+    assert caplog.messages == [f"resume=auto: starting fresh in {tmp_path / 'new'} (no unfinished run of this command "
+                               "to continue)"]
     (run / FINISHED_MARKER).touch()
     assert resolve_ckpt_path(cfg) is None, "finished work is never resumed by auto"
     cfg.resume = str(run)  # asked for by name: it continues (e.g. with more steps) and is unfinished again
@@ -186,6 +195,7 @@ def test_sigkilled_run_resumes_to_the_same_weights_and_loss_curve(tmp_path):
     assert not (run / FINISHED_MARKER).exists()
     resumed = run_train(ARGS, tmp_path / "killed")  # the same command: resume=auto is the default
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resume=auto: continuing {run} from step {killed_at} " in resumed.stdout, "said at start, in one line"
     assert run_dirs(tmp_path / "killed", "autoencoder") == [run], "the resumed run continues in its own directory"
     assert (run / FINISHED_MARKER).exists()
 

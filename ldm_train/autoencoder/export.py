@@ -1,6 +1,7 @@
 """The phase-1 → phase-2 hand-over: an exported autoencoder is `autoencoder.safetensors` (weights,
-latent scale/shift buffers included) plus `autoencoder.json` (constructor arguments), loadable
-without Lightning. Phase 2 finds the newest export with `first_stage.ckpt=latest`.
+latent scale/shift buffers included) plus `autoencoder.json` (constructor arguments and the latent
+scale/shift, each once), loadable without Lightning. Phase 2 finds the export of the newest finished
+phase-1 run of its experiment group with `first_stage.ckpt=latest` (where runs live: ldm_train/runs.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,21 @@ from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import autoencoder_from_diffusers, load_autoencoder_init
 from ldm_train.constraints import PathExists
 from ldm_train.files import atomic_write
+from ldm_train.runs import (
+    EXPORT_CONFIG,
+    EXPORT_DIR,
+    EXPORT_WEIGHTS,
+    LATEST,
+    export_weights_in,
+    is_export,
+    latest_finished_export,
+)
 
 log = logging.getLogger(__name__)
-EXPORT_DIR = "export"
-WEIGHTS = "autoencoder.safetensors"
-CONFIG = "autoencoder.json"
 FORMAT_VERSION = 1
+# The LatentNorm's initial values among the constructor arguments: the export's `latent_scale` /
+# `latent_shift` (the trained buffers) are the one record of them.
+LATENT_NORM_ARGUMENTS = ("scaling_factor", "shift_factor")
 
 
 def export_autoencoder(autoencoder: AutoencoderKL, run_dir: str | Path) -> Path:
@@ -31,61 +41,49 @@ def export_autoencoder(autoencoder: AutoencoderKL, run_dir: str | Path) -> Path:
     meta = {
         "format_version": FORMAT_VERSION,
         "class": "AutoencoderKL",
-        "config": autoencoder.config,
+        "config": {k: v for k, v in autoencoder.config.items() if k not in LATENT_NORM_ARGUMENTS},
         "latent_scale": autoencoder.latent_norm.scale.tolist(),
         "latent_shift": autoencoder.latent_norm.shift.tolist(),
     }
-    atomic_write(out / WEIGHTS, lambda tmp: save_file(state, str(tmp)))
-    atomic_write(out / CONFIG, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-    return out / WEIGHTS
-
-
-def find_latest_export(search_dirs: list[str]) -> Path:
-    """Newest `export/autoencoder.safetensors` (by modification time) below any of `search_dirs`."""
-    found = [p for d in search_dirs for p in Path(d).glob(f"**/{EXPORT_DIR}/{WEIGHTS}") if (p.parent / CONFIG).exists()]
-    if not found:
-        raise FileNotFoundError(
-            f"first_stage.ckpt=latest: no phase-1 export ({EXPORT_DIR}/{WEIGHTS}) under {', '.join(search_dirs)}. "
-            "Train one with `python train.py stage=autoencoder`, or set first_stage.ckpt=<run dir, export dir, "
-            "diffusers VAE folder, or SD .safetensors/.ckpt>."
-        )
-    return max(found, key=lambda p: p.stat().st_mtime)
+    atomic_write(out / EXPORT_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(out / EXPORT_CONFIG, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+    return out / EXPORT_WEIGHTS
 
 
 def load_exported_autoencoder(path: str | Path) -> AutoencoderKL:
-    """Load `autoencoder.safetensors` + `autoencoder.json` (strict)."""
+    """Load `autoencoder.safetensors` + `autoencoder.json` (strict; the latent scale/shift come with the
+    weights). Older exports, whose `config` also holds `scaling_factor`/`shift_factor`, load the same way."""
     path = Path(path)
-    meta = json.loads((path.parent / CONFIG).read_text())
+    meta = json.loads((path.parent / EXPORT_CONFIG).read_text())
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path.parent / CONFIG}: unsupported export format {meta.get('format_version')}; re-export it.")
+        raise ValueError(f"{path.parent / EXPORT_CONFIG}: unsupported export format {meta.get('format_version')}; re-export it.")
     model = AutoencoderKL(**meta["config"])
     model.load_state_dict(load_file(path), strict=True)
     return model
 
 
-LATEST = "latest"
 FirstStageSource = Annotated[str, PathExists(sentinels=(LATEST,))]
 
 
 def load_first_stage(
-    ckpt: FirstStageSource = LATEST, search_dirs: list[str] | None = None, config: dict | None = None
+    ckpt: FirstStageSource = LATEST,
+    search_dirs: list[str] | None = None,
+    config: dict | None = None,
+    group: str | None = None,
 ) -> AutoencoderKL:
     """The frozen VAE of phase 2 (eval, no grad), from:
-    - `latest`: the newest phase-1 export under `search_dirs`;
+    - `latest`: the export of the newest finished phase-1 run of experiment `group` under `search_dirs`;
     - a phase-1 run directory or its `export/` folder, or an `autoencoder.safetensors` export;
     - a diffusers `AutoencoderKL` folder (config.json + weights);
     - an original-layout SD VAE `.safetensors`/`.ckpt` (then `config` gives the AutoencoderKL arguments).
     """
     if ckpt == LATEST:
-        path = find_latest_export(search_dirs or [])
+        path = latest_finished_export(search_dirs or [], group)
     else:
-        path = Path(ckpt)
-        if not path.exists():
+        if not Path(ckpt).exists():
             raise FileNotFoundError(f"first_stage.ckpt={ckpt}: no such file or folder.")
-        for candidate in (path / EXPORT_DIR / WEIGHTS, path / WEIGHTS):
-            if path.is_dir() and candidate.exists():
-                path = candidate
-    if path.name == WEIGHTS and (path.parent / CONFIG).exists():
+        path = export_weights_in(Path(ckpt))
+    if is_export(path):
         model = load_exported_autoencoder(path)
     elif path.is_dir() and (path / "config.json").exists():
         model = autoencoder_from_diffusers(path)
@@ -99,5 +97,5 @@ def load_first_stage(
     if model.latent_norm.is_identity:
         log.warning("The first stage at %s has no latent scale set (scale 1, shift 0).", path)
     log.info("First stage: %s (latent scale %s)", path, model.latent_norm.scale.tolist())
-    model.source = str(path)  # recorded in phase-2 checkpoints, so samplers reload the same VAE
+    model.source = str(path)  # copied into the phase-2 run and recorded in its checkpoints (ldm_train/runs.py)
     return model.eval().requires_grad_(False)

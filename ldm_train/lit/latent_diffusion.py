@@ -7,6 +7,8 @@ The objective (schedule, parameterisation, weighting, timestep sampling) is a se
 the UNet never knows which one is used. The frozen VAE and text encoder are not trained, never
 reach the optimizer and are left out of checkpoints (they are rebuilt from their own sources).
 A step with a non-finite loss or gradient is skipped and counted (`NonFiniteGuard`).
+Speed switches (ldm_train/speed.py): channels-last and torch.compile of the UNet; the frozen VAE always
+encodes in fp32, also under bf16 autocast; batches from the latent cache (data=latents) skip both encoders.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt, check_arguments
+from ldm_train.data.latents import CONTEXT_KEY, LATENT_MEAN_KEY, sample_cached_latents
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard
 from ldm_train.nn.frozen import freeze
-from ldm_train.pipeline import LatentDiffusionPipeline
-from ldm_train.sampling.pipeline import GuidedSampler
+from ldm_train.runs import adopt_first_stage, first_stage_record
+from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline
+from ldm_train.speed import CompileMode, SpeedSettings, full_precision, prepare_module
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -50,11 +55,17 @@ class LatentDiffusionModule(L.LightningModule):
         sample_prompts: Sequence[str] = ("a photo of a sneaker",),
         sampler: GuidedSampler | None = None,
         max_nonfinite_steps: PositiveInt = 20,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
+        """channels_last: the UNet's weights and input latents in NHWC; compile: torch.compile the UNet's
+        forward in place (static shapes, README "Speed switches"), with `compile_mode`."""
         super().__init__()
         check_arguments(LatentDiffusionModule.__init__, locals())
         _check_compatible(unet, first_stage, text_encoder)
-        self.unet = unet
+        self.channels_last = channels_last
+        self.unet = prepare_module(unet, SpeedSettings(channels_last=channels_last))  # before the EMA copy
         self.first_stage = freeze(first_stage)
         self.text_encoder = freeze(text_encoder)
         self.objective = objective
@@ -75,11 +86,28 @@ class LatentDiffusionModule(L.LightningModule):
         self.pipeline = LatentDiffusionPipeline(self.sampling_unet, self.text_encoder, self.first_stage,
                                                 objective.schedule, objective.prediction)
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
+        self._first_stage_record: dict | None = None  # set at the first save (hashing the VAE once)
+        self._grad_norm: torch.Tensor | None = None  # this step's, for logging and clipping alike
+        # After the EMA copy: the EMA and sampling UNets stay eager (compiled once, the training UNet only).
+        prepare_module(self.unet, SpeedSettings(compile=compile, compile_mode=compile_mode))
+
+    def setup(self, stage: str) -> None:
+        check = getattr(self.trainer.datamodule, "check_first_stage", None)  # data=latents: made by this VAE?
+        if check is not None:
+            check(self.first_stage)
 
     # -- checkpoints ------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        # The run directory gets its own copy of a phase-1 export, so it can be moved whole (ldm_train/runs.py).
+        if self.trainer.is_global_zero:
+            adopt_first_stage(getattr(self.first_stage, "source", None), self.trainer.default_root_dir)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # What `TextToImage.from_checkpoint` needs besides the config: the exact VAE and latent size.
-        checkpoint["first_stage_source"] = getattr(self.first_stage, "source", None)
+        # What `TextToImage.from_checkpoint` needs besides the config: the VAE (the run's copy, by path relative
+        # to the run and SHA-256) and the latent size.
+        if self._first_stage_record is None:
+            self._first_stage_record = first_stage_record(getattr(self.first_stage, "source", None))
+        checkpoint["first_stage"] = self._first_stage_record
         checkpoint["latent_shape"] = self.latent_shape
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -114,9 +142,24 @@ class LatentDiffusionModule(L.LightningModule):
 
     @torch.no_grad()
     def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.first_stage.encode_latents(batch["image"])  # B×C×h×w, normalised by the VAE's own scale
+        if LATENT_MEAN_KEY in batch:  # data=latents: the posterior and the text contexts were precomputed
+            return self._from_cache(batch)
+        with full_precision(self.device.type):  # the frozen VAE in fp32 even under bf16 autocast
+            z = self.first_stage.encode_latents(batch["image"].float())  # B×C×h×w, normalised by its own scale
         captions = self.drop_captions(batch["caption"]) if self.training else batch["caption"]
         return z, self.encode_text(captions)
+
+    def _from_cache(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A fresh posterior sample per step (as on the fly) and the cached contexts; a dropped caption's
+        context is the empty prompt's, from the text encoder as on the fly."""
+        z = sample_cached_latents(batch, self.first_stage.latent_norm)
+        context = batch[CONTEXT_KEY]
+        if self.training:
+            dropped = torch.rand(len(context)) < self.cond_drop_prob
+            if dropped.any():
+                context = context.clone()
+                context[dropped.to(context.device)] = self.encode_text([""]).to(context.dtype)
+        return z, context
 
     def encode_text(self, captions: list[str]) -> torch.Tensor:  # B captions -> B×L×D
         """Each distinct caption is encoded once: the frozen encoder's outputs are kept in a small
@@ -134,6 +177,8 @@ class LatentDiffusionModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         z, context = self.encode(batch)
         self.latent_shape = tuple(z.shape[1:])
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
         per_sample, t = self.objective.loss(self.unet, z, context)  # B, B
         loss = per_sample.mean()
         self.nonfinite.observe(loss)
@@ -152,13 +197,26 @@ class LatentDiffusionModule(L.LightningModule):
                 self.log(f"train/loss_t{lo}-{hi}", per_sample[mask].mean(), on_step=True, on_epoch=False)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        norms = [p.grad.detach().norm() for p in self.unet.parameters() if p.grad is not None]
-        grad_norm = torch.stack(norms).norm() if norms else None
+        # The one gradient norm of the step: logged, checked, and used again by `configure_gradient_clipping`.
+        grads = [p.grad.detach() for p in self.unet.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        self._grad_norm = grad_norm
         if grad_norm is not None:
             self.log("train/grad_norm", grad_norm, on_step=True, on_epoch=False)
         # Before clipping and the update: a non-finite step loses its gradients, so the step is a no-op.
         self.nonfinite.check([optimizer], [] if grad_norm is None else [grad_norm], self.trainer.strategy)
         self.log("train/nonfinite_steps", self.nonfinite.skipped.float(), on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip by norm with the norm `on_before_optimizer_step` already computed (Lightning's own clipping
+        would compute it a second time). Value clipping and FSDP (sharded norms) use Lightning's path."""
+        by_norm = gradient_clip_algorithm in (None, "norm")
+        if gradient_clip_val is None or not by_norm or isinstance(self.trainer.strategy, FSDPStrategy):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params and self._grad_norm is not None:  # no gradients: a skipped non-finite step
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, self._grad_norm)
+        return None
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # runs at accumulation boundaries
@@ -197,7 +255,9 @@ class LatentDiffusionModule(L.LightningModule):
     def log_images(self, batch: dict) -> dict[str, torch.Tensor]:
         """Fixed prompts and seeds, EMA weights, classifier-free guidance."""
         if self.latent_shape is None:  # images before the first training step (Lightning's sanity check)
-            self.latent_shape = self.first_stage.encode_latents(batch["image"][:1]).shape[1:]
+            cached = batch.get(LATENT_MEAN_KEY)  # data=latents: no images
+            first = cached if cached is not None else self.first_stage.encode_latents(batch["image"][:1])
+            self.latent_shape = first.shape[1:]
         prompts = self.sample_prompts
         return {"samples": self.pipeline.generate(prompts, self.sampler, list(range(len(prompts))))}
 

@@ -1,10 +1,10 @@
 """Sampling: the network as a denoiser D(x, σ) (VP or rectified flow), guidance (CFG, interval, rescale,
-autoguidance), noise-level grids, samplers of one signature, per-image seeds."""
+autoguidance), noise-level grids, samplers of one signature, per-image seeds; the pipeline (prompts → images)."""
 
 from ldm_train.sampling.cfg import CFGDenoiser, rescale_guidance
 from ldm_train.sampling.denoiser import Denoiser, FlowDenoiser
 from ldm_train.sampling.grid import flow_sigmas, karras_sigmas, make_sigmas, spaced_timesteps
-from ldm_train.sampling.pipeline import GuidedSampler
+from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline
 from ldm_train.sampling.samplers import (
     FLOW_SAMPLERS,
     SAMPLERS,
@@ -26,6 +26,7 @@ __all__ = [
     "Denoiser",
     "FlowDenoiser",
     "GuidedSampler",
+    "LatentDiffusionPipeline",
     "PerImageNoise",
     "flow_sigmas",
     "get_sampler",

@@ -30,9 +30,10 @@ from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.autoencoder import AutoencoderModule
-from ldm_train.lit.checkpoints import LAST, AtomicCheckpointIO, LastCheckpoint
+from ldm_train.lit.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from ldm_train.lit.fault_tolerance import NonFiniteGuard, NonFiniteLossError, RandomStateCheckpoint
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
+from ldm_train.runs import LAST_CKPT_NAME as LAST
 from ldm_train.unet import UNet
 from tests.helpers import REPO, compose_config
 

@@ -13,12 +13,12 @@ from torch import nn
 
 from ldm_train.diffusion.flow import FlowSchedule
 from ldm_train.diffusion.schedules import NoiseSchedule
-from ldm_train.pipeline import LatentDiffusionPipeline
 from ldm_train.sampling import (
     CFGDenoiser,
     Denoiser,
     FlowDenoiser,
     GuidedSampler,
+    LatentDiffusionPipeline,
     PerImageNoise,
     get_sampler,
     initial_latents,

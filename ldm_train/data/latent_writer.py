@@ -1,0 +1,136 @@
+"""Write a latent + text-embedding cache (format: ldm_train/data/latents.py) from image-caption shards.
+
+One cache shard per source shard, with the same name, published atomically when complete: after a kill the
+finished shards are kept and a rerun redoes only the rest. Rank r of W encodes the source shards i with
+i mod W = r, so no shard is encoded twice. The manifest (VAE weight hash, resolution, the shard list) is
+written by every rank (same content) before any shard, and a rerun with another VAE is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save as save_tensors
+from torch import nn
+from webdataset import TarWriter
+
+from ldm_train.data.decode import SkipSample
+from ldm_train.data.latents import (
+    CACHE_FORMAT,
+    CAPTION_EXT,
+    CONTEXT_KEY,
+    LATENT_MEAN_KEY,
+    LATENT_STD_KEY,
+    MANIFEST,
+    SOURCE_EXT,
+    TENSORS_EXT,
+    state_hash,
+)
+from ldm_train.data.samples import SampleDecoder
+from ldm_train.data.stream import SkipCounter, read_shard
+from ldm_train.data.transforms import ResizeCrop
+from ldm_train.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def _manifest(out_dir: Path, sources: list[str], first_stage: nn.Module, text_encoder: nn.Module,
+              resolution: int) -> dict:  # fmt: skip
+    manifest = {
+        "format": CACHE_FORMAT,
+        "vae_hash": state_hash(first_stage),
+        "vae_source": str(getattr(first_stage, "source", None)),
+        "text_encoder": type(text_encoder).__name__,
+        "text_encoder_hash": state_hash(text_encoder),
+        "resolution": resolution,
+        "sources": sources,
+        "shards": [Path(s).name for s in sources],
+    }
+    path = out_dir / MANIFEST
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = [k for k in ("vae_hash", "text_encoder_hash", "resolution", "sources") if old.get(k) != manifest[k]]
+        if changed:
+            raise ValueError(
+                f"{out_dir} holds a latent cache made with other {', '.join(changed)} "
+                f"(VAE {old.get('vae_source')}); write this one to another folder, or delete {out_dir}"
+            )
+        return old
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
+    return manifest
+
+
+@torch.no_grad()
+def _encode_batch(examples: list[dict], first_stage: nn.Module, text_encoder: nn.Module,
+                  device: torch.device) -> list[dict[str, torch.Tensor]]:  # fmt: skip
+    images = torch.stack([e["image"] for e in examples]).to(device).float()  # B×3×H×W in [-1, 1]
+    posterior = first_stage.encode(images)  # posterior over B×C×h×w, in fp32 (never autocast here)
+    context = text_encoder([e["caption"] for e in examples]).float()  # B×L×D
+    return [{LATENT_MEAN_KEY: m, LATENT_STD_KEY: s, CONTEXT_KEY: c}
+            for m, s, c in zip(posterior.mean.cpu(), posterior.std.cpu(), context.cpu())]  # fmt: skip
+
+
+def _write_shard(source: str, target: Path, decoder: SampleDecoder, first_stage: nn.Module,
+                 text_encoder: nn.Module, batch_size: int, device: torch.device) -> int:  # fmt: skip
+    counter = SkipCounter(source)
+    rng = np.random.default_rng(0)  # the decoder draws nothing without augmentation; required by its signature
+
+    def write(tmp: Path) -> None:
+        with TarWriter(str(tmp)) as sink:
+            pending: list[dict] = []
+
+            def flush() -> None:
+                for example, tensors in zip(pending, _encode_batch(pending, first_stage, text_encoder, device)):
+                    sink.write({"__key__": example["key"], TENSORS_EXT: save_tensors(tensors),
+                                CAPTION_EXT: example["caption"], SOURCE_EXT: example["key"]})  # fmt: skip
+                pending.clear()
+
+            for raw in read_shard(source, counter):
+                try:
+                    pending.append({**decoder(raw, rng), "key": raw["__key__"]})
+                except SkipSample as reason:
+                    counter.skip(str(reason), f"sample {raw.get('__key__')!r} of {source}")
+                    continue
+                if len(pending) == batch_size:
+                    flush()
+            if pending:
+                flush()
+
+    atomic_write(target, write)
+    return counter.total
+
+
+def write_latent_cache(
+    sources: list[str],  # source shard paths (all of them; this rank takes its share)
+    out_dir: str | Path,
+    first_stage: nn.Module,  # the frozen VAE: `encode` gives the posterior (mean, std)
+    text_encoder: nn.Module,  # captions -> B×L×D contexts
+    resolution: int,  # images are resized and centre-cropped to this (no flip: the cache is the unflipped view)
+    batch_size: int = 64,
+    caption_key: str = "txt",
+    rank: int = 0,
+    world_size: int = 1,
+    device: str | torch.device = "cpu",
+) -> list[str]:
+    """Encode this rank's unfinished shards; returns the names of the shards it wrote."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    out_dir, device = Path(out_dir), torch.device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    first_stage.eval().to(device)
+    text_encoder.eval().to(device)
+    _manifest(out_dir, list(sources), first_stage, text_encoder, resolution)
+    decoder = SampleDecoder(ResizeCrop(resolution, random_crop=False, hflip=False), caption_key=caption_key)
+    written = []
+    for index, source in enumerate(sources):
+        target = out_dir / Path(source).name
+        if index % world_size != rank or target.exists():  # another rank's, or finished before a kill
+            continue
+        skipped = _write_shard(source, target, decoder, first_stage, text_encoder, batch_size, device)
+        log.info("rank %d: %s -> %s (%d samples skipped)", rank, source, target, skipped)
+        written.append(target.name)
+    return written

@@ -1,0 +1,150 @@
+"""The latent + text-embedding cache: the same posterior and contexts as on-the-fly encoding, the same training
+loss for the same noise, refusal of another VAE's cache, resume after a kill, and the split over ranks."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from shard_helpers import good_sample
+from webdataset import TarWriter
+
+from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
+from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
+from ldm_train.data import latent_writer
+from ldm_train.data.latents import LatentDataModule
+from ldm_train.data.samples import SampleDecoder
+from ldm_train.data.stream import SkipCounter, read_shard
+from ldm_train.data.transforms import ResizeCrop
+from ldm_train.diffusion.objective import DiffusionObjective
+from ldm_train.diffusion.schedules import NoiseSchedule
+from ldm_train.lit.latent_diffusion import LatentDiffusionModule
+from ldm_train.unet import UNet
+
+RESOLUTION = 32
+NUM_SHARDS, PER_SHARD = 4, 3
+TOL = 1e-5
+
+
+def tiny_vae(seed: int = 0) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=32, norm_groups=4)
+    vae.latent_norm.set_from_statistics(2.0)
+    return vae.eval()
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    write_tiny_clip(folder)
+    return CLIPTextEncoder(pretrained=str(folder))
+
+
+@pytest.fixture
+def sources(tmp_path) -> list[str]:
+    paths = []
+    for shard in range(NUM_SHARDS):
+        path = tmp_path / "src" / f"shard-{shard:06d}.tar"
+        path.parent.mkdir(exist_ok=True)
+        with TarWriter(str(path)) as writer:
+            for index in range(PER_SHARD):
+                writer.write(good_sample(shard, index, size=RESOLUTION))
+        paths.append(str(path))
+    return paths
+
+
+def write(sources, out, text_encoder, vae=None, **kwargs) -> list[str]:
+    return latent_writer.write_latent_cache(sources, out, vae or tiny_vae(), text_encoder, RESOLUTION,
+                                            batch_size=2, **kwargs)  # fmt: skip
+
+
+def cached_batches(cache: Path) -> list[dict]:
+    """Every cached sample once, in order (the validation stream: no shuffling)."""
+    module = LatentDataModule(str(cache), val_cache_dir=str(cache), batch_size=PER_SHARD, num_workers=0)
+    module.setup("validate")
+    return list(module.val_dataloader())
+
+
+def source_images(sources: list[str]) -> dict[str, dict]:
+    decoder = SampleDecoder(ResizeCrop(RESOLUTION), caption_key="txt")
+    rng = np.random.default_rng(0)
+    return {raw["__key__"]: decoder(raw, rng) for s in sources for raw in read_shard(s, SkipCounter(s))}
+
+
+def test_cache_holds_the_posterior_and_the_contexts_of_on_the_fly_encoding(sources, tmp_path, text_encoder):
+    vae = tiny_vae()
+    write(sources, tmp_path / "cache", text_encoder, vae)
+    originals = source_images(sources)
+    batches = cached_batches(tmp_path / "cache")
+    assert sum(len(b["key"]) for b in batches) == NUM_SHARDS * PER_SHARD
+    for batch in batches:
+        images = torch.stack([originals[k]["image"] for k in batch["key"]])
+        assert batch["caption"] == [originals[k]["caption"] for k in batch["key"]]
+        with torch.no_grad():
+            posterior = vae.encode(images)
+            context = text_encoder(batch["caption"])
+        torch.testing.assert_close(batch["latent_mean"], posterior.mean, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(batch["latent_std"], posterior.std, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(batch["context"], context, atol=TOL, rtol=TOL)
+
+
+def test_a_fixed_seed_step_gives_the_same_loss_from_the_cache(sources, tmp_path, text_encoder):
+    write(sources, tmp_path / "cache", text_encoder)
+    batch = cached_batches(tmp_path / "cache")[0]
+    originals = source_images(sources)
+    image_batch = {"image": torch.stack([originals[k]["image"] for k in batch["key"]]), "caption": batch["caption"]}
+    torch.manual_seed(0)
+    unet = UNet(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=4,
+                norm_groups=8, context_dim=32)  # fmt: skip
+    module = LatentDiffusionModule(unet, tiny_vae(), text_encoder, DiffusionObjective(NoiseSchedule.scaled_linear()),
+                                   optimizer=functools.partial(torch.optim.AdamW, lr=1e-3), cond_drop_prob=0.5,
+                                   ema_decay=None).train()  # fmt: skip
+    losses = []
+    for b in (image_batch, batch):  # the same draws in the same order: posterior noise, caption drops, t, ε
+        torch.manual_seed(7)
+        z, context = module.encode(b)
+        losses.append(module.objective.loss(module.unet, z, context)[0])
+    torch.testing.assert_close(losses[1], losses[0], atol=TOL, rtol=TOL)
+
+
+def test_a_cache_made_with_another_vae_is_refused(sources, tmp_path, text_encoder):
+    write(sources, tmp_path / "cache", text_encoder)
+    module = LatentDataModule(str(tmp_path / "cache"), num_workers=0)
+    module.check_first_stage(tiny_vae())  # the same weights: accepted
+    with pytest.raises(ValueError, match="made with another VAE.*rerun scripts/precompute_latents.py"):
+        module.check_first_stage(tiny_vae(seed=1))
+    with pytest.raises(ValueError, match="other vae_hash"):  # nor is it extended with another VAE
+        write(sources, tmp_path / "cache", text_encoder, tiny_vae(seed=1))
+
+
+def test_a_killed_run_keeps_finished_shards_and_a_rerun_does_the_rest(sources, tmp_path, text_encoder, monkeypatch):
+    real, calls = latent_writer._write_shard, []
+
+    def dies_on_the_third_shard(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the kill, half-way through a shard
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(latent_writer, "_write_shard", dies_on_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        write(sources, tmp_path / "cache", text_encoder)
+    finished = sorted(p.name for p in (tmp_path / "cache").glob("*.tar"))
+    assert finished == [Path(s).name for s in sources[:2]]
+    with pytest.raises(ValueError, match="unfinished: 2 of 4"):
+        LatentDataModule(str(tmp_path / "cache"), num_workers=0)
+    stamps = {name: (tmp_path / "cache" / name).stat().st_mtime_ns for name in finished}
+    monkeypatch.setattr(latent_writer, "_write_shard", real)
+    assert write(sources, tmp_path / "cache", text_encoder) == [Path(s).name for s in sources[2:]]
+    assert stamps == {name: (tmp_path / "cache" / name).stat().st_mtime_ns for name in finished}
+    assert sum(len(b["key"]) for b in cached_batches(tmp_path / "cache")) == NUM_SHARDS * PER_SHARD
+
+
+def test_ranks_encode_disjoint_shares_of_the_shards(sources, tmp_path, text_encoder):
+    shares = [write(sources, tmp_path / "cache", text_encoder, rank=r, world_size=2) for r in range(2)]
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == sorted(Path(s).name for s in sources)
+    assert shares[0] == [Path(sources[0]).name, Path(sources[2]).name]

@@ -1,0 +1,158 @@
+"""Each speed switch (ldm_train/speed.py, README "Speed switches"): the loss after a few steps with and without it
+agrees within a stated tolerance (tiny phase-2 networks, CPU), and the gradient norm is computed once per step."""
+
+from __future__ import annotations
+
+import functools
+
+import lightning as L
+import pytest
+import torch
+
+from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
+from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
+from ldm_train.diffusion.objective import DiffusionObjective
+from ldm_train.diffusion.schedules import NoiseSchedule
+from ldm_train.lit.latent_diffusion import LatentDiffusionModule
+from ldm_train.speed import adamw, full_precision
+from ldm_train.unet import UNet
+
+STEPS = 3
+CPU = torch.device("cpu")
+LR = 1e-3
+EXACT = 1e-5  # relative: the same arithmetic in another order (memory format, optimizer kernels, recompute)
+COMPILED = 1e-4  # relative: inductor fuses and reorders float32 operations
+BF16 = 5e-2  # relative: bf16 autocast keeps ~3 significant digits per matmul/conv
+BATCH = {"image": torch.linspace(-1, 1, 4 * 3 * 32 * 32).reshape(4, 3, 32, 32).sin(),
+         "caption": ["a photo of a bag", "a sneaker", "", "a photo of a bag"]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def text_encoder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clip")
+    write_tiny_clip(folder)
+    return CLIPTextEncoder(pretrained=str(folder))
+
+
+def make_module(text_encoder, optimizer="for_loop", gradient_checkpointing=False, **switches) -> LatentDiffusionModule:
+    torch.manual_seed(0)
+    unet = UNet(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), num_heads=4,
+                norm_groups=8, context_dim=32, gradient_checkpointing=gradient_checkpointing)  # fmt: skip
+    for m in unet.modules():  # the zero-initialised output layers would hide differences in the first step
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and not m.weight.any():
+            m.reset_parameters()
+    vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=32, norm_groups=4)
+    return LatentDiffusionModule(unet, vae, text_encoder, DiffusionObjective(NoiseSchedule.scaled_linear()),
+                                 optimizer=functools.partial(adamw, implementation=optimizer, lr=LR),
+                                 cond_drop_prob=0.0, ema_decay=None, **switches)  # fmt: skip
+
+
+def losses_after_steps(
+    module: LatentDiffusionModule, autocast: bool = False, device: torch.device = CPU
+) -> list[float]:
+    """STEPS optimizer steps on one batch; timesteps and noise from the same seed in every run."""
+    optimizer = module.configure_optimizers()
+    module.train()
+    batch = {**BATCH, "image": BATCH["image"].to(device)}
+    losses = []
+    for step in range(STEPS):
+        torch.manual_seed(100 + step)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            z, context = module.encode(batch)
+            if module.channels_last:
+                z = z.contiguous(memory_format=torch.channels_last)
+            loss = module.objective.loss(module.unet, z, context)[0].mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def reference(text_encoder) -> list[float]:
+    return losses_after_steps(make_module(text_encoder))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"channels_last": True}, {"optimizer": "fused"}, {"optimizer": "foreach"}, {"gradient_checkpointing": True}],
+    ids=["channels_last", "adamw_fused", "adamw_foreach", "gradient_checkpointing"],
+)
+def test_switch_keeps_the_losses(text_encoder, reference, options):
+    losses = losses_after_steps(make_module(text_encoder, **options))
+    assert losses == pytest.approx(reference, rel=EXACT)
+    assert reference[-1] != pytest.approx(reference[0], rel=1e-3)  # the steps did change the model
+
+
+def test_bf16_autocast_keeps_the_losses_and_the_vae_in_fp32(text_encoder, reference):
+    module = make_module(text_encoder)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_autocast = module.first_stage.encode_latents(BATCH["image"], sample=False)
+        with full_precision("cpu"):
+            z_fp32 = module.first_stage.encode_latents(BATCH["image"], sample=False)
+    assert z_fp32.dtype == torch.float32
+    torch.testing.assert_close(z_fp32, module.first_stage.encode_latents(BATCH["image"], sample=False))
+    assert (z_autocast.float() - z_fp32).abs().max() > 0  # bf16 would have changed the latents
+    assert losses_after_steps(module, autocast=True) == pytest.approx(reference, rel=BF16)
+
+
+def test_compile_wraps_the_training_unet_in_place(text_encoder):
+    """Cheap on CPU: nothing is compiled before the first call. The losses are compared by the GPU test
+    (inductor needs ~5 minutes on a 2-core CPU for the tiny UNet's forward and backward)."""
+    module = make_module(text_encoder, compile=True)
+    assert module.unet._compiled_call_impl is not None
+    assert module.ema is None or module.ema.shadow._compiled_call_impl is None
+    assert set(module.unet.state_dict()) == set(make_module(text_encoder).unet.state_dict())  # no _orig_mod.
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("options", [{"compile": True}, {"channels_last": True, "compile": True}],
+                         ids=["compile", "channels_last+compile"])  # fmt: skip
+def test_compile_keeps_the_losses_on_gpu(text_encoder, options):
+    device = torch.device("cuda")
+    reference = losses_after_steps(make_module(text_encoder).to(device), device=device)
+    losses = losses_after_steps(make_module(text_encoder, **options).to(device), device=device)
+    assert losses == pytest.approx(reference, rel=COMPILED)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_and_channels_last_keep_the_losses_on_gpu(text_encoder):
+    device = torch.device("cuda")
+    reference = losses_after_steps(make_module(text_encoder).to(device), device=device)
+    losses = losses_after_steps(make_module(text_encoder, channels_last=True).to(device), device=device)
+    assert losses == pytest.approx(reference, rel=1e-4)  # cuDNN picks other kernels for NHWC
+    bf16 = losses_after_steps(make_module(text_encoder, channels_last=True).to(device), True, device)
+    assert bf16 == pytest.approx(reference, rel=BF16)
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        for _ in range(STEPS):
+            yield BATCH
+
+
+def _fit(module: LatentDiffusionModule, tmp_path) -> None:
+    trainer = L.Trainer(max_steps=STEPS, gradient_clip_val=0.01, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                        default_root_dir=tmp_path, limit_val_batches=0)  # fmt: skip
+    torch.manual_seed(0)
+    trainer.fit(module, torch.utils.data.DataLoader(_Batches(), batch_size=None))
+
+
+def test_gradient_norm_is_computed_once_and_clips_as_lightning_does(text_encoder, tmp_path, monkeypatch):
+    ours = make_module(text_encoder)
+    calls = []
+    original = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(1) or original(*a, **k))
+    _fit(ours, tmp_path / "ours")
+    assert calls == []  # Lightning's clipping (a second norm) never ran
+    lightning = make_module(text_encoder)
+    monkeypatch.setattr(lightning, "configure_gradient_clipping",
+                        functools.partial(L.LightningModule.configure_gradient_clipping, lightning))  # fmt: skip
+    _fit(lightning, tmp_path / "lightning")
+    assert len(calls) == STEPS  # the reference did clip with Lightning's norm, once per step
+    for a, b in zip(ours.unet.parameters(), lightning.unet.parameters()):
+        torch.testing.assert_close(a, b, rtol=EXACT, atol=1e-7)
