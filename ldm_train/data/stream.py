@@ -227,6 +227,7 @@ class ShardStream(IterableDataset):
         # A full batch is held back until the next one is ready (or the pass ends), so skips after
         # the last good sample of a pass still reach the training loop, in the held batch.
         examples, held = [], None
+        collate_fn = getattr(self.decoder, "collate", collate)  # a decoder may bring its own (data/latents.py)
         for sample in raw:
             try:
                 examples.append(self.decoder(sample, rng))
@@ -236,12 +237,12 @@ class ShardStream(IterableDataset):
             counter.good()
             if len(examples) == self.batch_size:
                 if held is not None:
-                    yield collate(held, counter.take())
+                    yield collate_fn(held, counter.take())
                 held, examples = examples, []
         if held is not None:
-            yield collate(held, counter.take())
+            yield collate_fn(held, counter.take())
         if examples:  # only a single pass ends; its last batch may be partial
-            yield collate(examples, counter.take())
+            yield collate_fn(examples, counter.take())
 
 
 class EpochLoader(DataLoader):
