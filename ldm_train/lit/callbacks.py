@@ -22,8 +22,9 @@ KIB_PER_MIB = 1024  # ru_maxrss is in KiB on Linux
 BYTES_PER_MIB = 1024**2
 
 
-class ThroughputMonitor(L.Callback):
-    """Logs `perf/images_per_s` (global, all ranks) and shows it in the progress bar.
+class ImagesPerSecond(L.Callback):
+    """Logs `perf/images_per_s` (global, all ranks) and shows it in the progress bar. (Not Lightning's
+    `ThroughputMonitor`, which measures through a batch-size function and FLOPs.)
 
     Time is measured between consecutive batch ends, so data loading is included."""
 
