@@ -26,3 +26,14 @@ class KillAfterFinalCheckpoint(L.Callback):
                 os.kill(os.getpid(), signal.SIGKILL)
 
         last.publish = publish_then_die
+
+
+class KillAtStep(L.Callback):
+    """SIGKILLs a fresh (not resumed) run at the end of optimizer step `step`, between checkpoints."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.ckpt_path is None and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

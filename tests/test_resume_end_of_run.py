@@ -1,7 +1,8 @@
 """A run killed (SIGKILL) at any moment and resumed with the same command ends with the files of a run
 that was never stopped: killed right after its final checkpoint, the resumed run still writes the
 export, latent scale, final images, metrics, run summary and FINISHED marker (phase 1 and phase 2);
-killed mid-run, phase 2 resumes to the same UNet, EMA weights and EMA update count."""
+killed mid-run (deterministic=true), phase 2 resumes to the same UNet, EMA weights and EMA update
+count. (Phase 1 killed mid-run: tests/test_resume.py.)"""
 
 from __future__ import annotations
 
@@ -114,9 +115,38 @@ def first_stage(root: Path, tmp_path_factory) -> str:
     return str(export_autoencoder(vae, tmp_path_factory.mktemp("vae")))
 
 
+@pytest.fixture(scope="module")
+def phase2_args(first_stage: str) -> list[str]:
+    return [*PHASE2, f"first_stage.ckpt={first_stage}"]
+
+
+@pytest.fixture(scope="module")
+def phase2_reference(root: Path, phase2_args: list[str]) -> Path:
+    return train(phase2_args, root, "ldm")
+
+
 @pytest.mark.slow
-def test_phase2_killed_after_its_final_checkpoint_resumes_to_the_same_end(root, first_stage):
-    args = [*PHASE2, f"first_stage.ckpt={first_stage}"]
-    reference = train(args, root, "ldm")
-    run = killed_after_final_checkpoint_then_resumed(args, root, "ldm", PHASE2_STEPS)
-    assert_same_end(run, reference, PHASE2_STEPS, [], ("train/loss", "val/loss"))
+def test_phase2_killed_after_its_final_checkpoint_resumes_to_the_same_end(root, phase2_args, phase2_reference):
+    run = killed_after_final_checkpoint_then_resumed(phase2_args, root, "ldm", PHASE2_STEPS)
+    assert_same_end(run, phase2_reference, PHASE2_STEPS, [], ("train/loss", "val/loss"))
+
+
+@pytest.mark.slow
+def test_phase2_killed_mid_run_resumes_to_the_same_unet_ema_and_ema_count(root, phase2_args, phase2_reference):
+    # Killed at step 5: the checkpoint of step 4 is the latest; steps 5 and 6 are trained again.
+    args = [*phase2_args, "+callbacks.kill._target_=tests.faults.KillAtStep", "+callbacks.kill.step=5"]
+    killed = train(args, root, "ldm", expect_kill=True)
+    assert final_state(killed)["global_step"] == 4
+    resumed = run_train(args, root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = final_state(phase2_reference), final_state(killed)
+    assert got["global_step"] == expected["global_step"] == PHASE2_STEPS
+    assert int(got["state_dict"]["ema.num_updates"]) == int(expected["state_dict"]["ema.num_updates"]) == PHASE2_STEPS
+    for prefix in ("unet.", "ema."):  # the trained UNet and the EMA weights used for samples and export
+        keys = [k for k in expected["state_dict"] if k.startswith(prefix)]
+        assert keys
+        for key in keys:
+            assert torch.equal(got["state_dict"][key], expected["state_dict"][key]), key
+    for p, state in expected["optimizer_states"][0]["state"].items():
+        assert torch.equal(got["optimizer_states"][0]["state"][p]["exp_avg_sq"], state["exp_avg_sq"])
+    assert_same_end(killed, phase2_reference, PHASE2_STEPS, [], ("train/loss", "val/loss"))
