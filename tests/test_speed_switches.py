@@ -156,3 +156,36 @@ def test_gradient_norm_is_computed_once_and_clips_as_lightning_does(text_encoder
     assert len(calls) == STEPS  # the reference did clip with Lightning's norm, once per step
     for a, b in zip(ours.unet.parameters(), lightning.unet.parameters()):
         torch.testing.assert_close(a, b, rtol=EXACT, atol=1e-7)
+
+
+def phase1_losses(channels_last: bool) -> list[float]:
+    """STEPS phase-1 steps (generator loss with the adaptive GAN weight, then the discriminator step)."""
+    from ldm_train.autoencoder.losses import AutoencoderLoss
+    from ldm_train.autoencoder.patchgan import NLayerDiscriminator
+    from ldm_train.lit.autoencoder import AutoencoderModule
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=32, norm_groups=4)
+    loss = AutoencoderLoss(NLayerDiscriminator(ndf=8, n_layers=2), None, perceptual_weight=0.0, disc_start=0)
+    module = AutoencoderModule(vae, loss, functools.partial(adamw, lr=LR), functools.partial(adamw, lr=LR),
+                               channels_last=channels_last).train()  # fmt: skip
+    opt_ae, opt_d = module.configure_optimizers()
+    x = BATCH["image"].contiguous(memory_format=torch.channels_last) if channels_last else BATCH["image"]
+    losses = []
+    for step in range(STEPS):
+        torch.manual_seed(200 + step)
+        recon, posterior = module.autoencoder(x)
+        g_loss, _ = module.loss.generator_loss(x, recon, posterior, step + 1, module.autoencoder.last_layer)
+        g_loss.backward()
+        d_loss, _ = module.loss.discriminator_loss(x, recon.detach(), step + 1)
+        d_loss.backward()
+        for opt in (opt_ae, opt_d):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        losses += [g_loss.item(), d_loss.item()]
+    return losses
+
+
+def test_phase1_channels_last_keeps_both_losses():
+    reference = phase1_losses(channels_last=False)
+    assert phase1_losses(channels_last=True) == pytest.approx(reference, rel=EXACT)

@@ -26,6 +26,7 @@ from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard, end_of_training_batches
 from ldm_train.lit.latent_stats import estimate_latent_std
 from ldm_train.nn.frozen import freeze
+from ldm_train.speed import CompileMode, SpeedSettings, prepare_module
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -49,7 +50,12 @@ class AutoencoderModule(L.LightningModule):
         latent_scale_batches: PositiveInt = 16,
         init_from: ExistingPath | None = None,
         max_nonfinite_steps: PositiveInt = 20,
+        channels_last: bool = False,
+        compile: bool = False,
+        compile_mode: CompileMode = "default",
     ) -> None:
+        """channels_last: the autoencoder's and discriminator's weights and the images in NHWC; compile:
+        torch.compile the encoder and the decoder in place (static shapes, README "Speed switches")."""
         super().__init__()
         check_arguments(AutoencoderModule.__init__, locals())
         if init_from:  # fine-tune a pretrained VAE: diffusers folder, SD .safetensors or .ckpt
@@ -64,7 +70,13 @@ class AutoencoderModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.grad_clip = grad_clip
         self.accumulate = accumulate_grad_batches
+        self.channels_last = channels_last
+        for net in (autoencoder, loss.discriminator):  # before the EMA copy, so it shares the layout
+            prepare_module(net, SpeedSettings(channels_last=channels_last))
         self.ema = EMA(autoencoder, ema_decay) if ema_decay else None
+        # Encoder and decoder separately (the autoencoder returns a posterior object); the EMA copy stays eager.
+        for net in (autoencoder.encoder, autoencoder.decoder):
+            prepare_module(net, SpeedSettings(compile=compile, compile_mode=compile_mode))
         self.latent_scale_batches = latent_scale_batches
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         # The validation loss (the stage's checkpoint/sweep metric), reduced over all ranks by torchmetrics.
@@ -90,6 +102,8 @@ class AutoencoderModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         x = batch["image"]  # B×3×H×W in [-1, 1]
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         opt_ae, opt_d = self.optimizers()
         boundary = (batch_idx + 1) % self.accumulate == 0
         step = self.step
