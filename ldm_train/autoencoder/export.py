@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import autoencoder_from_diffusers, load_autoencoder_init
 from ldm_train.constraints import PathExists
-from ldm_train.files import atomic_write
+from ldm_train.files import atomic_write, save_safetensors_atomic
 from ldm_train.runs import (
     EXPORT_CONFIG,
     EXPORT_DIR,
@@ -37,7 +37,6 @@ LATENT_NORM_ARGUMENTS = ("scaling_factor", "shift_factor")
 def export_autoencoder(autoencoder: AutoencoderKL, run_dir: str | Path) -> Path:
     """Write `<run_dir>/export/{autoencoder.safetensors, autoencoder.json}`; returns the weights path."""
     out = Path(run_dir) / EXPORT_DIR
-    state = {k: v.detach().cpu().contiguous() for k, v in autoencoder.state_dict().items()}
     meta = {
         "format_version": FORMAT_VERSION,
         "class": "AutoencoderKL",
@@ -45,7 +44,7 @@ def export_autoencoder(autoencoder: AutoencoderKL, run_dir: str | Path) -> Path:
         "latent_scale": autoencoder.latent_norm.scale.tolist(),
         "latent_shift": autoencoder.latent_norm.shift.tolist(),
     }
-    atomic_write(out / EXPORT_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    save_safetensors_atomic(autoencoder.state_dict(), out / EXPORT_WEIGHTS)
     atomic_write(out / EXPORT_CONFIG, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
     return out / EXPORT_WEIGHTS
 
