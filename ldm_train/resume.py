@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import pickle
 import secrets
 import string
 import subprocess
 from pathlib import Path
 from typing import IO
 
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ldm_train import runs
 from ldm_train.files import remove_stale_temps
+from ldm_train.runs import HYDRA_OVERRIDES, LAST_CKPT, LOCK_FILE, RESOLVED_CONFIG
 
 log = logging.getLogger(__name__)
-FINISHED_MARKER = "FINISHED"
-LOCK_FILE = ".lock"
-RESOLVED_CONFIG = "config_resolved.yaml"
-LAST_CKPT = Path("checkpoints") / "last.ckpt"
 WANDB_ID_FILE = "wandb_run_id"
 WANDB_ID_CHARS = string.ascii_lowercase + string.digits  # W&B's own id alphabet and length
 WANDB_ID_LENGTH = 8
@@ -78,8 +78,8 @@ def choose_run_dir(new_dir: str, root: DictConfig) -> Path:
         found = find_unfinished_run(Path(root.paths.log_dir) / root.stage_name, root.name, Path(new_dir), overrides)
         return Path(new_dir) if found is None else found.parent.parent
     path = Path(mode)
-    run = path if path.is_dir() else path.parent.parent
-    return run if (run / RESOLVED_CONFIG).is_file() else Path(new_dir)
+    run = path if path.is_dir() else runs.run_of_checkpoint(path)
+    return run if runs.is_run_dir(run) else Path(new_dir)
 
 
 def _hold_lock(run_dir: Path) -> None:
@@ -124,40 +124,41 @@ def find_unfinished_run(stage_dir: Path, name: str, current_dir: Path, overrides
     """Newest `last.ckpt` of an unfinished, idle run called `name` below `stage_dir` (not
     `current_dir`); with `overrides`, only runs started with the same ones (see CONTINUATION_KEYS)."""
     candidates = []
-    for ckpt in stage_dir.glob(f"*/*/{LAST_CKPT}"):
-        run_dir = ckpt.parent.parent
-        if run_dir.resolve() == current_dir.resolve() or (run_dir / FINISHED_MARKER).exists():
+    for run_dir in runs.runs_of(stage_dir):  # oldest first
+        if not (run_dir / LAST_CKPT).is_file() or run_dir.resolve() == current_dir.resolve() or runs.is_finished(run_dir):
             continue
-        config = run_dir / RESOLVED_CONFIG
-        if config.exists() and OmegaConf.load(config).get("name") != name:
+        config = runs.run_config(run_dir)
+        if config is not None and config.get("name") != name:
             continue
         if overrides is not None and _continuation_invariant(_run_overrides(run_dir)) != _continuation_invariant(overrides):
             continue
         if _launched_as_rank_zero() and _is_running(run_dir):
             continue
-        candidates.append(ckpt)
-    # Run directories are <date>/<time>: the lexicographic maximum is the newest run.
-    return max(candidates, key=lambda p: p.parent.parent.relative_to(stage_dir).parts, default=None)
+        candidates.append(run_dir / LAST_CKPT)
+    return candidates[-1] if candidates else None
 
 
 def _run_overrides(run_dir: Path) -> list[str]:
-    path = run_dir / ".hydra" / "overrides.yaml"
+    path = run_dir / HYDRA_OVERRIDES
     return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
 
 
 # -- the checkpoint to restore -------------------------------------------------------------------
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """The checkpoint `trainer.fit` restores: with `auto`, this run directory's unfinished
-    `last.ckpt` (the directory `resume_dir` chose); with a path, that checkpoint."""
+    `last.ckpt` (the directory `resume_dir` chose); with a path, that checkpoint. Says in one line
+    which run continues from which step, or that the run starts fresh."""
     mode = str(cfg.resume)
     run_dir = Path(cfg.paths.output_dir)
     if mode == "never":
+        _announce(f"resume=never: starting fresh in {run_dir}")
         return None
     if mode == "auto":
         ckpt = run_dir / LAST_CKPT
-        if not ckpt.is_file() or (run_dir / FINISHED_MARKER).exists():
+        if not ckpt.is_file() or runs.is_finished(run_dir):
+            _announce(f"resume=auto: starting fresh in {run_dir} (no unfinished run of this command to continue)")
             return None
-        log.info("resume=auto: continuing %s from %s", run_dir, ckpt)
+        _announce(f"resume=auto: continuing {run_dir} from step {checkpoint_step(ckpt)} ({ckpt})")
         return str(ckpt)
     path = Path(mode)
     if path.is_dir():
@@ -169,17 +170,31 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         )
     if path.resolve().is_relative_to(run_dir.resolve()):
         _unmark_finished(run_dir)  # a finished run continued (e.g. with more steps) is unfinished again
+    _announce(f"resume={mode}: continuing from step {checkpoint_step(path)} in {run_dir}")
     return str(path)
+
+
+def checkpoint_step(ckpt: Path) -> int | str:
+    """The optimizer step a Lightning checkpoint was saved at (memory-mapped: no tensor is read)."""
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except (OSError, RuntimeError, KeyError, pickle.UnpicklingError):  # Lightning's own load reports a bad file
+        return "?"
+
+
+@rank_zero_only
+def _announce(line: str) -> None:
+    log.info(line)
 
 
 @rank_zero_only
 def _unmark_finished(run_dir: Path) -> None:
-    (run_dir / FINISHED_MARKER).unlink(missing_ok=True)
+    runs.unmark_finished(run_dir)
 
 
 @rank_zero_only
 def mark_finished(output_dir: str) -> None:
-    Path(output_dir, FINISHED_MARKER).touch()
+    runs.mark_finished(output_dir)
 
 
 # -- what the run records so its continuation can pick it up -------------------------------------

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from ldm_train.files import atomic_write
 from ldm_train.lit.fault_tolerance import end_of_training_batches
+from ldm_train.runs import IMAGES_DIR
 
 SUMMARY_FILE = "run_summary.json"
 KIB_PER_MIB = 1024  # ru_maxrss is in KiB on Linux
@@ -122,7 +123,7 @@ class ImageLogger(L.Callback):
     @rank_zero_only
     def _write(self, trainer: L.Trainer, images: dict[str, torch.Tensor], captions: list[str] | None) -> None:
         step = trainer.global_step
-        out_dir = Path(trainer.default_root_dir) / "images"
+        out_dir = Path(trainer.default_root_dir) / IMAGES_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, batch in images.items():
             grid = torchvision.utils.make_grid((batch.float().clamp(-1, 1) + 1) / 2, nrow=int(len(batch) ** 0.5 + 0.999))

@@ -1,5 +1,5 @@
-"""Checkpoint files: written atomically, kept current (periodically, at the end and on preemption),
-and found again by run directory or `latest`."""
+"""Checkpoint files: written atomically and kept current (periodically, at the end and on preemption).
+Where they live and how they are found again: ldm_train/runs.py."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ldm_train.files import TEMP_SUFFIX, atomic_write, replace_durably, temp_pattern
+from ldm_train.runs import LAST_CKPT_NAME
 
 log = logging.getLogger(__name__)
-LAST = "last.ckpt"
 SECONDS_PER_MINUTE = 60.0
 
 
@@ -62,7 +62,7 @@ class LastCheckpoint(L.Callback):
             raise ValueError(f"every_n_steps must be >= 1 or null (no step-based saves), got {every_n_steps}")
         if every_n_minutes is not None and every_n_minutes <= 0:
             raise ValueError(f"every_n_minutes must be > 0 or null (no time-based saves), got {every_n_minutes}")
-        self.path = Path(dirpath) / LAST
+        self.path = Path(dirpath) / LAST_CKPT_NAME
         # Where a save waits until its step's metrics are logged (a temporary name: see the class doc).
         self.pending_path = self.path.with_name(f".{self.path.name}.pending{TEMP_SUFFIX}")
         self._pending = False
@@ -146,22 +146,3 @@ class LastCheckpoint(L.Callback):
 def _as_sigterm(signum: int, frame) -> None:
     log.info("Received SIGUSR1: stopping as for SIGTERM (checkpoint, then exit).")
     signal.raise_signal(signal.SIGTERM)
-
-
-def find_checkpoint(path: str | Path, stage: str, log_dir: str | Path = "outputs") -> Path:
-    """A `.ckpt` file; a run directory (→ its `checkpoints/last.ckpt`); or `latest` (→ the newest
-    run of `stage` under `log_dir` that has one)."""
-    if str(path) == "latest":
-        runs = sorted(Path(log_dir, stage).glob(f"*/*/checkpoints/{LAST}"), key=lambda p: p.parent.parent.parts)
-        if not runs:
-            raise FileNotFoundError(
-                f"ckpt=latest: no {stage} run with checkpoints/{LAST} under {Path(log_dir, stage)}. "
-                f"Train one with `python train.py stage={stage}` or pass ckpt=<run dir or .ckpt>."
-            )
-        return runs[-1]
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / LAST
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}: pass a .ckpt file or a run directory holding checkpoints/{LAST}.")
-    return path
