@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from ldm_train.data.decode import SkipSample
 from ldm_train.data.samples import SampleDecoder, collate
 from ldm_train.data.shardlist import epoch_order, split_for_worker
+from ldm_train.data.tar_samples import read_tar_samples
 
 logger = logging.getLogger(__name__)
 # An endless stream in which this many samples in a row fail is broken data, not bad luck; without
@@ -74,26 +74,17 @@ class SkipCounter:
 
 
 def read_shard(url: str, counter: SkipCounter) -> Iterator[dict]:
-    """Raw samples ({"__key__", "jpg": bytes, ...}) of one shard; an unreadable shard or a damaged
-    tail is counted as one skip, and reading moves on to the next shard."""
-    errors: list[Exception] = []
-
-    def stop_shard(error: Exception) -> bool:
-        errors.append(error)
-        return False  # abandon the rest of this shard; it is damaged from here on
-
+    """Raw samples ({"__key__", "jpg": bytes, ...}) of one shard. A broken sample (a duplicated
+    member) or a damaged stretch costs only the samples it touches and is counted (tar_samples.py);
+    an unreadable shard counts one skip, and reading moves on to the next shard."""
     try:
         with gopen(url) as stream:
-            files = tar_file_expander([{"url": url, "stream": stream}], handler=stop_shard)
-            yield from group_by_keys(files, handler=stop_shard)
+            yield from read_tar_samples(stream, url, counter.skip)
+    except BrokenStreamError:
+        raise  # too many bad samples in a row: that ends the run, on purpose
     # gopen/pipe/HTTP failures come in many types; none of them may end the run.
     except Exception as error:
-        errors.append(error)
-    if errors:
-        first = errors[0]  # webdataset appends the stream and URL to args; the first arg is the message
-        counter.skip(
-            f"unreadable shard ({type(first).__name__}: {first.args[0] if first.args else first})", url
-        )
+        counter.skip(f"unreadable shard ({type(error).__name__}: {error.args[0] if error.args else error})", url)
 
 
 def buffer_shuffle(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:

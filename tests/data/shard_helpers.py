@@ -2,6 +2,7 @@
 exactly which samples a loader produced."""
 
 import io
+import tarfile
 from pathlib import Path
 
 from PIL import Image
@@ -45,3 +46,19 @@ def write_shards(
 
 def all_captions(num_shards: int, per_shard: int) -> set[str]:
     return {f"s{shard}-{index}" for shard in range(num_shards) for index in range(per_shard)}
+
+
+def write_tar(path: Path, members: list[tuple[str, bytes]], tar_format: int = tarfile.USTAR_FORMAT) -> Path:
+    """A tar of exactly these members, in order: repeated names included (which TarWriter cannot write)."""
+    with tarfile.open(path, "w", format=tar_format) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def sample_members(sample: dict) -> list[tuple[str, bytes]]:
+    """The tar members of a `good_sample`."""
+    return [(f"{sample['__key__']}.{ext}", value if isinstance(value, bytes) else value.encode())
+            for ext, value in sample.items() if ext != "__key__"]

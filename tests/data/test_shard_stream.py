@@ -1,9 +1,11 @@
 """ShardStream: disjoint split over ranks × workers, new order every epoch, fixed epoch length,
-bad samples skipped and counted."""
+bad samples skipped and counted; a duplicated member or a damaged header costs only its sample."""
+
+import tarfile
 
 import pytest
 from PIL import Image
-from shard_helpers import all_captions, good_sample, jpeg_bytes, write_shards
+from shard_helpers import all_captions, good_sample, jpeg_bytes, sample_members, write_shards, write_tar
 
 from ldm_train.data import stream as stream_module
 from ldm_train.data.samples import SampleDecoder
@@ -115,8 +117,46 @@ def test_damaged_and_unreadable_shards_count_and_the_stream_goes_on(tmp_path):
     captions = epoch_captions(batches)
     assert all_captions(1, 4) <= set(captions) and {f"s2-{i}" for i in range(4)} <= set(captions)
     assert captions.count("s2-0") == 2  # once from the file, once through the pipe: URL
-    # the damaged shard, its first sample (image but no caption), the failing pipe: one count each
-    assert sum(b["skipped"] for b in batches) == 3
+    # the damaged shard's first sample (image but no caption; nothing after it is in the file) and
+    # the failing pipe: one count each
+    assert sum(b["skipped"] for b in batches) == 2
+
+
+def forty_samples() -> list[list[tuple[str, bytes]]]:
+    return [sample_members(good_sample(0, index)) for index in range(40)]
+
+
+def read_all(path) -> tuple[list[str], int]:
+    batches = list(EpochLoader(make_stream(str(path), batch_size=4)))
+    return epoch_captions(batches), sum(b["skipped"] for b in batches)
+
+
+def test_a_duplicated_member_costs_exactly_its_sample(tmp_path):
+    samples = forty_samples()
+    samples[10].append(samples[10][0])  # s0i10.png a second time, inside its sample
+    captions, skipped = read_all(write_tar(tmp_path / "shard.tar", [m for s in samples for m in s]))
+    assert sorted(captions) == sorted(all_captions(1, 40) - {"s0-10"}) and len(captions) == 39
+    assert skipped == 1
+
+
+def test_a_damaged_header_costs_only_the_sample_it_hit(tmp_path):
+    path = write_tar(tmp_path / "shard.tar", [m for s in forty_samples() for m in s])
+    with tarfile.open(path) as tar:
+        offset = tar.getmember("s0i20.txt").offset  # its header block
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 512] = bytes(range(256)) * 2  # overwritten: not a header any more
+    path.write_bytes(bytes(data))
+    captions, skipped = read_all(path)
+    assert sorted(captions) == sorted(all_captions(1, 40) - {"s0-20"}), "samples after the damage were lost"
+    assert skipped == 1  # s0i20 reached the decoder without its caption
+
+
+def test_long_member_names_are_read(tmp_path):
+    key = "d" * 120 + "/s0i0"  # beyond the 100 bytes of a ustar name: a PAX or GNU header carries it
+    members = [(f"{key}.png", sample_members(good_sample(0, 0))[0][1]), (f"{key}.txt", b"long")]
+    for tar_format in (tarfile.PAX_FORMAT, tarfile.GNU_FORMAT):
+        captions, skipped = read_all(write_tar(tmp_path / f"shard{tar_format}.tar", members, tar_format))
+        assert (captions, skipped) == (["long"], 0)
 
 
 def test_endless_stream_of_only_bad_data_fails_loudly(tmp_path, monkeypatch):
