@@ -5,7 +5,8 @@ submitit launcher; this module only makes them agree with each other:
 - One run directory for all ranks. `${run_stamp:<strftime>}` (configs/hydra/default.yaml) is the
   launch time every rank shares, not each process's own clock: `LDM_TRAIN_RUN_STAMP` if set,
   else under torchrun the first rank's clock, exchanged through the rendezvous store, else SLURM's
-  job start time. `${on_rank_zero:x}` is x on global rank 0 and null elsewhere (Hydra's `.hydra/`).
+  job start time. `${on_rank_zero:x}` is x on global rank 0 and null elsewhere (Hydra's `.hydra/`);
+  `RankZeroFileHandler` writes Hydra's `train.log` on global rank 0 only (other ranks log to the console).
 - Multirun × DDP. Lightning re-launches ranks with the script's own command line, which in a sweep
   is the whole `-m` sweep: `distributed_job` gives them this job's overrides in RUN mode and this
   job's directory, and after the job destroys the process group and the launcher's environment,
@@ -119,6 +120,22 @@ def on_rank_zero(value: Any) -> Any:
 
 def _slurm_tasks() -> int:
     return int(os.environ.get("SLURM_NTASKS", "1")) if "SLURM_PROCID" in os.environ else 1
+
+
+class RankZeroFileHandler(logging.FileHandler):
+    """Hydra's log file (`<run dir>/train.log`, configs/hydra/default.yaml) on global rank 0; on the other
+    ranks a handler that never opens a file, so they log to the console only and write nothing into the
+    shared run directory (Lightning's launched ranks would write `train_ddp_process_<k>.log`, torchrun's
+    ranks would all append to `train.log`)."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = False,
+                 errors: str | None = None) -> None:
+        self.writes = is_launch_rank_zero()
+        super().__init__(filename, mode, encoding, delay=delay or not self.writes, errors=errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.writes:
+            super().emit(record)
 
 
 # use_cache: a sweep's jobs (also when submitit runs them on other machines) copy the master

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -43,11 +42,10 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.check_config:
         validate_config(cfg)
     prepare_run(cfg)  # git sha into the config; a resumed run keeps its W&B run id
-    L.seed_everything(cfg.seed, workers=True)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    L.seed_everything(cfg.seed, workers=True)  # `deterministic=true` is the Trainer's (strict): README "Resume"
     print_config(cfg)
     _save_resolved_config(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)  # says, in one line, which run continues from which step (or a fresh start)
 
     datamodule = instantiate(cfg.data)
     module = instantiate(cfg.module)
@@ -63,7 +61,7 @@ def run(cfg: DictConfig) -> float | None:
     _log_batch_geometry(cfg, trainer)
 
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     finally:
         finish_loggers(loggers)
     if not trainer.interrupted:

@@ -5,6 +5,7 @@ trainer=ddp_cpu` (Lightning's own launcher), the shared run stamp under torchrun
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from datetime import datetime
@@ -150,6 +151,20 @@ def test_torchrun_ranks_agree_on_one_run_stamp(monkeypatch):
         distributed.shared_launch_time()
 
 
+@pytest.mark.parametrize("env,writes", [({"RANK": "0"}, True), ({"RANK": "1"}, False),  # torchrun
+                                        ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1"}, False)])  # Lightning
+def test_only_global_rank_zero_writes_the_log_file(env, writes, tmp_path, monkeypatch):
+    for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    handler = distributed.RankZeroFileHandler(str(tmp_path / "train.log"))
+    handler.emit(logging.makeLogRecord({"msg": "hello", "levelno": logging.INFO}))
+    handler.close()
+    assert (tmp_path / "train.log").is_file() == writes
+    assert not writes or "hello" in (tmp_path / "train.log").read_text()
+
+
 # -- both phases through `python train.py trainer=ddp_cpu`: 2 processes started by Lightning ------------
 BATCH, STEPS = 8, 4
 COMMON = ["trainer=ddp_cpu", "logger=csv", f"trainer.max_steps={STEPS}", f"trainer.val_check_interval={STEPS}",
@@ -209,6 +224,8 @@ def test_ddp_run_shares_one_directory_splits_data_and_reduces_metrics(phase, req
     assert probes[0]["val"] and probes[0]["val"] == probes[1]["val"]
     log = (run / "train.log").read_text()
     assert f"Global batch = {BATCH} per device × 2 devices × 1 nodes × 1 accumulation = {2 * BATCH}" in log
+    # Rank 1 logs to the console only: one log file in the run directory (no train_ddp_process_1.log).
+    assert [p.name for p in run.rglob("*.log")] == ["train.log"]
     # Rank 0 alone wrote the config, metrics, checkpoints and images.
     assert (run / ".hydra" / "config.yaml").is_file() and (run / "config_resolved.yaml").is_file()
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "FINISHED").is_file()
