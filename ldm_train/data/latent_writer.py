@@ -77,6 +77,7 @@ def _encode_batch(examples: list[dict], first_stage: nn.Module, text_encoder: nn
 def _write_shard(source: str, target: Path, decoder: SampleDecoder, first_stage: nn.Module,
                  text_encoder: nn.Module, batch_size: int, device: torch.device) -> int:  # fmt: skip
     counter = SkipCounter(source)
+    written = []
     rng = np.random.default_rng(0)  # the decoder draws nothing without augmentation; required by its signature
 
     def write(tmp: Path) -> None:
@@ -87,6 +88,7 @@ def _write_shard(source: str, target: Path, decoder: SampleDecoder, first_stage:
                 for example, tensors in zip(pending, _encode_batch(pending, first_stage, text_encoder, device)):
                     sink.write({"__key__": example["key"], TENSORS_EXT: save_tensors(tensors),
                                 CAPTION_EXT: example["caption"], SOURCE_EXT: example["key"]})  # fmt: skip
+                written.extend(e["key"] for e in pending)
                 pending.clear()
 
             for raw in read_shard(source, counter):
@@ -99,6 +101,9 @@ def _write_shard(source: str, target: Path, decoder: SampleDecoder, first_stage:
                     flush()
             if pending:
                 flush()
+            if not written:  # e.g. a wrong caption key: every sample skipped; nothing is published
+                raise ValueError(f"{source}: no usable sample ({counter.total} skipped; see the log for why); "
+                                 "check --caption-key and --resolution")
 
     atomic_write(target, write)
     return counter.total
