@@ -1,5 +1,5 @@
 """Fault injection for the kill-and-resume tests, added to a run from the command line:
-`+callbacks.kill._target_=tests.faults.KillAfterFinalCheckpoint`."""
+`+callbacks.kill._target_=tests.faults.KillAfterCheckpoint` (`+callbacks.kill.step=4`)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,25 @@ import lightning as L
 from ldm_train.lit.checkpoints import LastCheckpoint
 
 
-class KillAfterFinalCheckpoint(L.Callback):
-    """SIGKILLs the process the moment `last.ckpt` of the final step is on disk: before the export,
-    the latent scale, the final images, evaluation and run summary, and the FINISHED marker."""
+class KillAfterCheckpoint(L.Callback):
+    """SIGKILLs the process the moment `last.ckpt` of optimizer step `step` (None: the final step) is
+    on disk: after the final one, before the export, the latent scale, the final images, evaluation
+    and run summary, and the FINISHED marker. Only a fresh (not resumed) run is killed."""
+
+    def __init__(self, step: int | None = None) -> None:
+        self.step = step
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if trainer.ckpt_path is not None:
+            return
         (last,) = [c for c in trainer.callbacks if isinstance(c, LastCheckpoint)]
         publish = last.publish
+        step = trainer.max_steps if self.step is None else self.step
 
         def publish_then_die(trainer: L.Trainer) -> None:
-            final = last.pending_path.is_file() and trainer.global_step >= trainer.max_steps
+            due = last.pending_path.is_file() and trainer.global_step == step
             publish(trainer)
-            if final:
+            if due:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         last.publish = publish_then_die

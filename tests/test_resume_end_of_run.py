@@ -1,5 +1,6 @@
 """A run killed (SIGKILL) at any moment and resumed with the same command ends with the files of a run
-that was never stopped: killed right after its final checkpoint, the resumed run still writes the
+that was never stopped: killed right after a checkpoint, metrics.csv keeps every row; a temporary
+file of an interrupted write is removed; killed right after its final checkpoint, the resumed run still writes the
 export, latent scale, final images, metrics, run summary and FINISHED marker (phase 1 and phase 2);
 killed mid-run (deterministic=true), phase 2 resumes to the same UNet, EMA weights and EMA update
 count. (Phase 1 killed mid-run: tests/test_resume.py.)"""
@@ -11,12 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.conditioning import write_tiny_clip
 from ldm_train.files import TEMP_GLOB
+from ldm_train.resume import prepare_run
 FINISHED_MARKER = "FINISHED"  # the marker a run writes when it returns normally
 from tests.helpers import read_metrics, run_dirs, run_train, series
 from tests.test_resume import final_state
@@ -37,7 +40,7 @@ PHASE2 = ["stage=ldm", "text_encoder=clip_tiny", "unet=tiny", "optim.warmup_step
           "module.sampler.num_steps=2", "module.sample_prompts=[a photo of a bag]", "trainer.val_check_interval=3",
           f"trainer.max_steps={PHASE2_STEPS}",
           *COMMON]
-KILL = "+callbacks.kill._target_=tests.faults.KillAfterFinalCheckpoint"
+KILL = "+callbacks.kill._target_=tests.faults.KillAfterCheckpoint"  # right after the final checkpoint
 END_OF_RUN = ["export/autoencoder.safetensors", "export/autoencoder.json"]  # phase 1's, besides images
 
 
@@ -66,6 +69,7 @@ def killed_after_final_checkpoint_then_resumed(args: list[str], root: Path, stag
     assert final_state(killed)["global_step"] == steps, "the kill came before the final checkpoint"
     assert not (killed / FINISHED_MARKER).exists() and not list((killed / "images").glob("*"))
     assert not (killed / "run_summary.json").exists()
+    (killed / "checkpoints" / ".last.ckpt.x1y2z3.tmp").write_bytes(b"half a checkpoint")  # as a killed write leaves
     resumed = run_train([*args, KILL], root)  # the same command: resume=auto continues the killed run
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "running the end-of-training work only" in (killed / "train.log").read_text()
@@ -105,6 +109,30 @@ def test_phase1_killed_after_its_final_checkpoint_resumes_to_the_same_export(roo
     assert_same_end(run, phase1_reference, PHASE1_STEPS, END_OF_RUN, ("train/rec", "val/rec_loss"))
     scale = load_file(run / "export" / "autoencoder.safetensors")["latent_norm.scale"]
     assert not torch.equal(scale, torch.ones_like(scale)), "the latent scale was not estimated"
+
+
+@pytest.mark.slow
+def test_phase1_killed_right_after_a_checkpoint_keeps_every_metrics_row(root, phase1_reference):
+    # The checkpoint of step 2 holds two steps; their rows (steps 0 and 1) must be in metrics.csv when
+    # it appears, since the resumed run starts with step 3 (row 2). assert_same_end compares the rows.
+    args = [*PHASE1, KILL, "+callbacks.kill.step=2"]
+    killed = train(args, root, "autoencoder", expect_kill=True)
+    assert final_state(killed)["global_step"] == 2
+    assert [int(r["step"]) for r in read_metrics(killed) if r.get("train/rec")] == [0, 1]
+    resumed = run_train(args, root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_end(killed, phase1_reference, PHASE1_STEPS, END_OF_RUN, ("train/rec", "val/rec_loss"))
+
+
+def test_a_run_removes_the_temporary_files_a_killed_process_left(tmp_path):
+    stale = [tmp_path / "checkpoints" / ".last.ckpt.pending.tmp", tmp_path / "csv" / ".metrics.csv.abc123.tmp",
+             tmp_path / "export" / ".autoencoder.safetensors.q9.tmp"]
+    kept = [tmp_path / "checkpoints" / "last.ckpt", tmp_path / "notes.tmp"]  # not a temporary name of ours
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    prepare_run(OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}))
+    assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
 
 
 @pytest.fixture(scope="module")

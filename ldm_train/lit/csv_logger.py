@@ -3,7 +3,10 @@
 Lightning's CSV writer deletes an existing `metrics.csv` when it starts. A resumed run writes into
 its old run directory (see ldm_train/resume.py), so this writer keeps the file instead and, when it
 first writes, drops the old rows from the first step it is about to log: the killed run may have
-logged steps after its last checkpoint, and those steps are being trained again.
+logged steps after its last checkpoint, and those steps are being trained again. Every rewrite of the
+file (those, and Lightning's when a new column appears) is atomic. Rows reach the file as they are
+logged (Lightning saves its loggers after each `log_metrics`); `last.ckpt` is published only after
+its step's rows are logged (ldm_train/lit/checkpoints.py), so a resumed run never misses a row.
 """
 
 from __future__ import annotations
@@ -42,10 +45,19 @@ class _ContinuingWriter(ExperimentWriter):
             header = list(reader.fieldnames or [])
             rows = [row for row in reader if row.get(STEP) and int(float(row[STEP])) < first_new_step]
         self.metrics_keys = sorted(set(header) | set(self.metrics_keys))
-        # Rewritten atomically: a kill now must not lose the old rows.
+        self._write_all(rows, self.metrics_keys)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        """Lightning rewrites the file in place when a new column appears; here atomically."""
+        with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+            rows = list(csv.DictReader(file))
+        self._write_all(rows, fieldnames)
+
+    def _write_all(self, rows: list[dict], fieldnames: list[str]) -> None:
+        # Atomically: a kill while the file is rewritten must not lose the rows already logged.
         def write(tmp: Path) -> None:
             with tmp.open("w", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer = csv.DictWriter(file, fieldnames=fieldnames)
                 writer.writeheader()
                 writer.writerows(rows)
 
