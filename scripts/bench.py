@@ -162,20 +162,26 @@ def perceptual_module() -> torch.nn.Module | None:
 def mfu_rows(pair, size, device, dtype_name, mode, t_ours, t_theirs) -> list[dict]:
     """Model FLOP utilisation of the UNet step: FLOPs of forward + backward counted on our network by
     torch.utils.flop_counter (the optimizer's few FLOPs left out), divided by time and the device's peak."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     name = torch.cuda.get_device_name(device)
     peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
     if peak is None or dtype_name != "bf16":
         log.info("MFU: no bf16 peak for %r in PEAK_BF16_FLOPS (or not a bf16 row); not reported", name)
         return []
-    x, t, ctx = pair.inputs["z"], pair.inputs["t"], pair.inputs["context"]
-    with FlopCounterMode(display=False) as counter, models.autocast(device, torch.bfloat16):
-        pair.unet(x, t, ctx).float().square().mean().backward()
-    flops = counter.get_total_flops()
+    flops = unet_step_flops(pair, torch.bfloat16)
     log.info("MFU against %s's dense bf16 peak %.0f TFLOP/s; %.3g FLOP per step", name, peak / 1e12, flops)
     return [row(f"unet_train_mfu[{name}]", device, dtype_name, mode, flops / t_ours / peak,
                 flops / t_theirs / peak, "fraction of peak", True)]  # fmt: skip
+
+
+def unet_step_flops(pair: models.Pair, dtype: torch.dtype) -> int:
+    """FLOPs of one forward + backward of our UNet on the benchmark batch (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t, ctx = pair.inputs["z"], pair.inputs["t"], pair.inputs["context"]
+    with FlopCounterMode(display=False) as counter, models.autocast(pair.device, dtype):
+        pair.unet(x, t, ctx).float().square().mean().backward()
+    pair.unet.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def switch_rows(size: models.BenchSize, device: torch.device, args) -> list[dict]:

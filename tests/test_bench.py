@@ -11,6 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 
+import bench  # noqa: E402
 import bench_models  # noqa: E402
 
 KEYS = {"name", "device", "dtype", "mode", "ours", "theirs", "unit", "ratio"}
@@ -61,3 +62,14 @@ def test_memory_of_a_training_step_covers_weights_gradients_and_adam_state(side)
     peak = json.loads(out.strip().splitlines()[-1])["peak_bytes"]  # its own process, as bench.py measures it
     assert peak >= (2 + ADAM_STATES) * params  # weights + gradients + AdamW's two moments
     assert peak < 100 * params  # and not the whole process (torch alone is ~300 MB)
+
+
+def test_flops_of_a_unet_step_are_about_three_forward_passes():
+    pair = bench_models.build_pair(bench_models.TINY, torch.device("cpu"))
+    step = bench.unet_step_flops(pair, torch.float32)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        pair.unet(pair.inputs["z"], pair.inputs["t"], pair.inputs["context"])
+    forward = counter.get_total_flops()
+    assert forward > 0 and 2.5 * forward <= step <= 3.5 * forward  # backward ≈ 2 × forward
