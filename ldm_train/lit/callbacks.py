@@ -23,6 +23,12 @@ KIB_PER_MIB = 1024  # ru_maxrss is in KiB on Linux
 BYTES_PER_MIB = 1024**2
 
 
+def batch_size(batch: dict) -> int:
+    """Images in a batch of either data path: every batch has one caption per image (phase 1's may be ""),
+    also data=latents batches, which hold no images."""
+    return len(batch["caption"])
+
+
 class ImagesPerSecond(L.Callback):
     """Logs `perf/images_per_s` (global, all ranks) and shows it in the progress bar. (Not Lightning's
     `ThroughputMonitor`, which measures through a batch-size function and FLOPs.)
@@ -36,7 +42,7 @@ class ImagesPerSecond(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._times.append(time.perf_counter())
-        self._images.append(len(batch["image"]) * trainer.world_size)
+        self._images.append(batch_size(batch) * trainer.world_size)
         self._times, self._images = self._times[-self.window :], self._images[-self.window :]
         if len(self._times) < 2:
             return
@@ -62,7 +68,7 @@ class RunSummary(L.Callback):
             torch.cuda.reset_peak_memory_stats(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._images += len(batch["image"]) * trainer.world_size
+        self._images += batch_size(batch) * trainer.world_size
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = time.perf_counter() - self._start
