@@ -177,4 +177,5 @@ def test_phase2_killed_mid_run_resumes_to_the_same_unet_ema_and_ema_count(root, 
             assert torch.equal(got["state_dict"][key], expected["state_dict"][key]), key
     for p, state in expected["optimizer_states"][0]["state"].items():
         assert torch.equal(got["optimizer_states"][0]["state"][p]["exp_avg_sq"], state["exp_avg_sq"])
+    assert got["lr_schedulers"] == expected["lr_schedulers"] != []
     assert_same_end(killed, phase2_reference, PHASE2_STEPS, [], ("train/loss", "val/loss"))
