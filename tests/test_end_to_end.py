@@ -184,14 +184,16 @@ def test_sample_script_writes_manifest_and_is_batch_size_invariant(phase2: Path,
 
 
 def test_a_moved_phase2_run_samples_without_the_phase1_run(phase2: Path, phase1: Path, root: Path):
-    """A run directory is self-contained: moved elsewhere, with its phase-1 run gone, it still samples."""
+    """A run directory is self-contained: moved elsewhere, with its phase-1 run gone, it still samples (through
+    the `ldm-sample` console script, which exits 0)."""
     moved = root / "elsewhere" / "my-model"
     shutil.copytree(phase2, moved)
     hidden = phase1.with_name(phase1.name + ".hidden")
     phase1.rename(hidden)  # no VAE at the path the training read it from
     try:
-        result = _sample([f"ckpt={moved}", "prompt=a photo of a bag", "n_per_prompt=2", "steps=3",
-                          f"out_dir={root / 'moved_samples'}"], root)
+        result = subprocess.run([str(Path(sys.executable).parent / "ldm-sample"), f"ckpt={moved}", "prompt=a photo of a bag",
+                                 "n_per_prompt=2", "steps=3", f"out_dir={root / 'moved_samples'}"], cwd=root,
+                                capture_output=True, text=True, timeout=300)
     finally:
         hidden.rename(phase1)
     assert result.returncode == 0, result.stderr[-3000:]
