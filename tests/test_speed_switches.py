@@ -189,3 +189,12 @@ def phase1_losses(channels_last: bool) -> list[float]:
 def test_phase1_channels_last_keeps_both_losses():
     reference = phase1_losses(channels_last=False)
     assert phase1_losses(channels_last=True) == pytest.approx(reference, rel=EXACT)
+
+
+@pytest.mark.parametrize("cache_size", [0, 2])
+def test_text_cache_smaller_than_a_batch_still_encodes_every_caption(text_encoder, cache_size):
+    module = make_module(text_encoder, text_cache_size=cache_size)
+    captions = ["a photo of a bag", "a sneaker", "a coat", "", "a sneaker"]
+    contexts = module.encode_text(captions)
+    torch.testing.assert_close(contexts, text_encoder(captions))
+    assert len(module._text_cache) == cache_size

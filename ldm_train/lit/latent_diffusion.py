@@ -170,9 +170,10 @@ class LatentDiffusionModule(L.LightningModule):
                 self._text_cache[caption] = context
         for caption in captions:
             self._text_cache.move_to_end(caption)
-        while len(self._text_cache) > self.text_cache_size:
+        contexts = torch.stack([self._text_cache[c] for c in captions])  # before evicting: a batch may hold
+        while len(self._text_cache) > self.text_cache_size:  # more distinct captions than the cache
             self._text_cache.popitem(last=False)
-        return torch.stack([self._text_cache[c] for c in captions])
+        return contexts
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         z, context = self.encode(batch)
