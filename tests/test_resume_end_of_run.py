@@ -10,18 +10,23 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.conditioning import write_tiny_clip
 from ldm_train.files import TEMP_GLOB
+from ldm_train.lit.checkpoints import AtomicCheckpointIO, LastCheckpoint
+from ldm_train.lit.fault_tolerance import finish_when_restored_complete
 from ldm_train.resume import prepare_run
 FINISHED_MARKER = "FINISHED"  # the marker a run writes when it returns normally
 from tests.helpers import read_metrics, run_dirs, run_train, series
+from tests.lit.test_fault_tolerance import Regression
 from tests.test_resume import final_state
 
 BATCHES_PER_EPOCH = 5
@@ -133,6 +138,39 @@ def test_a_run_removes_the_temporary_files_a_killed_process_left(tmp_path):
         path.write_bytes(b"x")
     prepare_run(OmegaConf.create({"paths": {"output_dir": str(tmp_path)}}))
     assert [p for p in stale if p.exists()] == [] and all(p.exists() for p in kept)
+
+
+class Hooks(L.Callback):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.calls.append("start")
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.calls.append("step")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.calls.append("end")
+
+
+@pytest.mark.parametrize("finishing", [True, False])
+def test_a_run_restored_at_its_end_runs_the_end_of_training_hooks(tmp_path, finishing):
+    data = [(torch.randn(8, 4), torch.randn(8, 1)) for _ in range(4)]
+
+    def fit(ckpt_path: str | None) -> list[str]:
+        hooks = Hooks()
+        trainer = L.Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+                            callbacks=[LastCheckpoint(str(tmp_path), every_n_steps=2), hooks])
+        if finishing:
+            finish_when_restored_complete(trainer)
+        trainer.fit(Regression(), DataLoader(data, batch_size=None), ckpt_path=ckpt_path)
+        return hooks.calls
+
+    assert fit(None) == ["start", *["step"] * 4, "end"]
+    # Lightning's own loop, restored at max_steps, calls neither hook: the end of the run never happens.
+    assert fit(str(tmp_path / "last.ckpt")) == (["start", "end"] if finishing else [])
 
 
 @pytest.fixture(scope="module")
