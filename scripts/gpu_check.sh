@@ -5,9 +5,9 @@
 #
 #     bash scripts/gpu_check.sh [OUT_DIR]          (default outputs/gpu_check)
 #
-# Time limits per part (45 + 75 + 75 + 45 + 240 s = 8 min at most); bench.py --compile is left out (compiling
-# the SD UNet alone takes minutes; compile is checked by the tests and both phases). Every part runs under its own time limit and the summary says which passed; the exit status is the number
-# of parts that failed.
+# Each part runs under its own time limit (45 + 75 + 75 + 45 + 240 s = 8 min at most); the summary says which
+# passed and the exit status is the number that failed. bench.py --compile is left out (compiling the SD UNet
+# alone takes minutes; compile is checked by the GPU tests and both phases).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
