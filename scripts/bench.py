@@ -196,6 +196,12 @@ def switch_rows(size: models.BenchSize, device: torch.device, args) -> list[dict
         t_on, t_off = time_alternating(step_on, step_off, device, args)
         rows.append(row(f"switch:{switch} (theirs = ours, switch off)", device, "fp32", "eager",
                         1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
+    checkpointed = replace(size, unet={**size.unet, "gradient_checkpointing": True})
+    step_on, _ = models.unet_steps(models.build_pair(checkpointed, device), base, torch.float32)
+    step_off, _ = models.unet_steps(models.build_pair(size, device), base, torch.float32)
+    t_on, t_off = time_alternating(step_on, step_off, device, args)
+    rows.append(row("switch:gradient_checkpointing (theirs = ours, switch off)", device, "fp32", "eager",
+                    1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
     return rows
 
 
@@ -240,12 +246,12 @@ def memory_rows(device: torch.device, dtype_name: str, args) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = f"{'name':58} {'dev':4} {'dtype':5} {'mode':8} {'ours':>10} {'theirs':>10} {'unit':17} {'ratio':>6}"
+    header = f"{'name':64} {'dev':4} {'dtype':5} {'mode':8} {'ours':>10} {'theirs':>10} {'unit':17} {'ratio':>6}"
     lines = [header, "-" * len(header)]
     for r in rows:
         theirs = "-" if r["theirs"] is None else f"{r['theirs']:10.4g}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:6.2f}"
-        lines.append(f"{r['name']:58} {r['device']:4} {r['dtype']:5} {r['mode']:8} {r['ours']:10.4g} "
+        lines.append(f"{r['name']:64} {r['device']:4} {r['dtype']:5} {r['mode']:8} {r['ours']:10.4g} "
                      f"{theirs:>10} {r['unit']:17} {ratio:>6}")  # fmt: skip
     print("\n".join(lines))
 
