@@ -1,9 +1,11 @@
 """A run killed (SIGKILL) at any moment and resumed with the same command ends with the files of a run
-that was never stopped: killed right after a checkpoint, metrics.csv keeps every row; a temporary
-file of an interrupted write is removed; killed right after its final checkpoint, the resumed run still writes the
-export, latent scale, final images, metrics, run summary and FINISHED marker (phase 1 and phase 2);
-killed mid-run (deterministic=true), phase 2 resumes to the same UNet, EMA weights and EMA update
-count. (Phase 1 killed mid-run: tests/test_resume.py.)"""
+that was never stopped (deterministic=true):
+- killed right after a checkpoint, metrics.csv keeps every row; an interrupted write's temporary
+  file is removed;
+- killed right after its final checkpoint, the resumed run still writes the export, latent scale,
+  final images, metrics, run summary and FINISHED marker (phase 1 and phase 2);
+- killed mid-run, phase 2 resumes to the same UNet, EMA weights, EMA update count, optimizer and
+  LR schedule (phase 1 killed mid-run: tests/test_resume.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from ldm_train.files import TEMP_GLOB
 from ldm_train.lit.checkpoints import AtomicCheckpointIO, LastCheckpoint
 from ldm_train.lit.fault_tolerance import finish_when_restored_complete
 from ldm_train.resume import prepare_run
-FINISHED_MARKER = "FINISHED"  # the marker a run writes when it returns normally
+from ldm_train.runs import FINISHED_MARKER
 from tests.helpers import read_metrics, run_dirs, run_train, series
 from tests.lit.test_fault_tolerance import Regression
 from tests.test_resume import final_state
@@ -43,8 +45,7 @@ PHASE1 = ["stage=autoencoder", "autoencoder=tiny", "module.loss.perceptual=null"
           f"trainer.max_steps={PHASE1_STEPS}", *COMMON]
 PHASE2 = ["stage=ldm", "text_encoder=clip_tiny", "unet=tiny", "optim.warmup_steps=1", "module.ema_decay=0.9",
           "module.sampler.num_steps=2", "module.sample_prompts=[a photo of a bag]", "trainer.val_check_interval=3",
-          f"trainer.max_steps={PHASE2_STEPS}",
-          *COMMON]
+          f"trainer.max_steps={PHASE2_STEPS}", *COMMON]
 KILL = "+callbacks.kill._target_=tests.faults.KillAfterCheckpoint"  # right after the final checkpoint
 END_OF_RUN = ["export/autoencoder.safetensors", "export/autoencoder.json"]  # phase 1's, besides images
 
