@@ -31,7 +31,7 @@ from ldm_train.evaluation.reconstruction import ReconstructionEvaluator
 from ldm_train.evaluation.reference import RealReference
 from ldm_train.evaluation.results import EvaluationResult, count_label
 from ldm_train.files import atomic_write
-from ldm_train.runs import find_checkpoint
+from ldm_train.runs import find_checkpoint, run_of_checkpoint
 from ldm_train.text_to_image import TextToImage, to_pil
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def run_record(ckpt_path: Path) -> tuple[str, dict, int]:
 def evaluate(args: EvaluateArgs) -> tuple[EvaluationResult, Path]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     ckpt_path = find_checkpoint(args.ckpt, stage=args.stage, log_dir=args.log_dir)
-    run_dir = ckpt_path.parent.parent
+    run_dir = run_of_checkpoint(ckpt_path)
     stage, config, checkpoint_step = run_record(ckpt_path)
     resolution = config["data"]["resolution"]
     start = time.perf_counter()

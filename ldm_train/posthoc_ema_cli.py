@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from ldm_train.files import atomic_write
 from ldm_train.lit.posthoc_ema import reconstruct
-from ldm_train.runs import find_checkpoint
+from ldm_train.runs import CHECKPOINTS_DIR, find_checkpoint
 
 log = logging.getLogger(__name__)
 SNAPSHOT_DIR = "posthoc_ema"  # the stage config's callbacks.posthoc_ema.dirpath, relative to the run
@@ -62,7 +62,7 @@ def write_checkpoints(args: PostHocArgs) -> list[tuple[float, Path]]:
     sigma_rels = sigma_rels_of(args.sigma_rel)
     step, states = reconstruct(args.snapshots or run / SNAPSHOT_DIR, sigma_rels, args.step)
     base_path = find_checkpoint(args.ckpt or run, stage="ldm")
-    out_dir = Path(args.out_dir) if args.out_dir else run / "checkpoints"
+    out_dir = Path(args.out_dir) if args.out_dir else run / CHECKPOINTS_DIR
     written = []
     for sigma_rel, weights in zip(sigma_rels, states):
         checkpoint = torch.load(base_path, map_location="cpu", weights_only=True)

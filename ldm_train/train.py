@@ -25,6 +25,7 @@ from ldm_train.distributed import distributed_job
 from ldm_train.lit.fault_tolerance import finish_when_restored_complete
 from ldm_train.loggers import finish_loggers
 from ldm_train.resume import mark_finished, prepare_run, resolve_ckpt_path
+from ldm_train.runs import RESOLVED_CONFIG
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
@@ -74,7 +75,7 @@ def run(cfg: DictConfig) -> float | None:
 def _save_resolved_config(cfg: DictConfig) -> None:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out / "config_resolved.yaml", resolve=True)
+    OmegaConf.save(cfg, out / RESOLVED_CONFIG, resolve=True)
 
 
 @rank_zero_only
