@@ -51,3 +51,25 @@ def test_resume_auto_finds_newest_unfinished_run_of_same_name(tmp_path):
     os.utime(old / "checkpoints" / "last.ckpt")  # touched last: still not the newest run
     assert find_unfinished_run(tmp_path, "exp", current) == newer / "checkpoints" / "last.ckpt"
     assert find_unfinished_run(tmp_path, "none", current) is None
+
+
+def test_a_crash_while_metrics_csv_gains_a_column_keeps_its_rows(tmp_path, monkeypatch):
+    import csv
+
+    from ldm_train.lit.csv_logger import ContinuingCSVLogger
+
+    logger = ContinuingCSVLogger(str(tmp_path), name="csv", version="")
+    for step in range(3):
+        logger.log_metrics({"train/loss": float(step)}, step=step)
+        logger.save()
+    path = tmp_path / "csv" / "metrics.csv"
+    before = path.read_text()
+
+    def crash(self, rows):  # the process dies while the file is rewritten with the new header
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", crash)
+    logger.log_metrics({"train/loss": 3.0, "val/loss": 1.0}, step=3)  # a new column: the file is rewritten
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert path.read_text() == before, "the rows already logged were lost"
