@@ -1,3 +1,4 @@
+import csv
 import os
 import time
 
@@ -5,6 +6,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ldm_train import loggers
+from ldm_train.lit.csv_logger import ContinuingCSVLogger
 from ldm_train.resume import find_unfinished_run
 from ldm_train.runs import FINISHED_MARKER
 
@@ -54,10 +56,6 @@ def test_resume_auto_finds_newest_unfinished_run_of_same_name(tmp_path):
 
 
 def test_a_crash_while_metrics_csv_gains_a_column_keeps_its_rows(tmp_path, monkeypatch):
-    import csv
-
-    from ldm_train.lit.csv_logger import ContinuingCSVLogger
-
     logger = ContinuingCSVLogger(str(tmp_path), name="csv", version="")
     for step in range(3):
         logger.log_metrics({"train/loss": float(step)}, step=step)
