@@ -163,6 +163,9 @@ class RandomStateCheckpoint(L.Callback):
             self._outside_validation = None
 
 
+# Private Lightning API: no public hook runs when a restored run has nothing left to train (the fit loop
+# returns before `on_train_start`), so the loop itself is subclassed. Checked against lightning>=2.6,<2.7
+# (pyproject.toml pins that range); tests/test_resume_end_of_run.py fails if a release changes it.
 class _FinishingFitLoop(_FitLoop):
     """Lightning's fit loop; restored from a checkpoint whose `max_steps`/`max_epochs` is reached, it runs
     the end-of-training hooks (after the start-of-training ones, which restore e.g. the random states)
