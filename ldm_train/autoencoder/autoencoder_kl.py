@@ -9,6 +9,7 @@ from ldm_train.autoencoder.decoder import Decoder
 from ldm_train.autoencoder.distribution import DiagonalGaussian
 from ldm_train.autoencoder.encoder import Encoder
 from ldm_train.autoencoder.latent_norm import LatentNorm
+from ldm_train.autoencoder.layouts import from_legacy_state_dict, has_legacy_names
 from ldm_train.constraints import NonNegativeInt, OpenUnitInterval, PositiveInt, check_arguments
 
 
@@ -22,7 +23,8 @@ class AutoencoderKL(nn.Module):
     `scaling_factor` / `shift_factor` initialise the `LatentNorm` (overwritten by a loaded checkpoint or by
     `latent_norm.set_from_statistics`). `use_quant_conv=False` drops both 1×1 convs (SD3/FLUX-style VAEs),
     which requires `embed_dim == z_channels`. `self.config` holds the constructor arguments (JSON-ready), so
-    `AutoencoderKL(**model.config)` rebuilds the architecture of an exported model.
+    `AutoencoderKL(**model.config)` rebuilds the architecture of an exported model. Parameters carry diffusers'
+    AutoencoderKL names; state dicts with the names of older ldm_train checkpoints load as well.
     """
 
     def __init__(
@@ -80,6 +82,15 @@ class AutoencoderKL(nn.Module):
         self.latent_norm = LatentNorm(embed_dim, scale=scaling_factor, shift=shift_factor)
         self.embed_dim = embed_dim
         self.downsampling_factor = 2 ** (len(ch_mult) - 1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Older checkpoints and exports (ldm_train's own names, layouts.LEGACY_RULES): renamed in place before this
+        # module and its children read their keys, so strict loads (Lightning's resume included) still work.
+        ours = [k for k in state_dict if k.startswith(prefix)]
+        if has_legacy_names(k[len(prefix):] for k in ours):
+            renamed = from_legacy_state_dict({k[len(prefix):]: state_dict.pop(k) for k in ours})
+            state_dict.update({prefix + k: v for k, v in renamed.items()})
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:  # B×Cin×H×W -> posterior over B×embed×H/f×W/f
         moments = self.encoder(x)

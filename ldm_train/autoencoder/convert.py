@@ -19,6 +19,7 @@ from ldm_train.autoencoder.layouts import (
     LATENT_NORM_PREFIX,
     StateDict,
     from_diffusers_state_dict,
+    from_legacy_state_dict,
     from_sd_state_dict,
     kwargs_from_diffusers_config,
 )
@@ -76,8 +77,8 @@ def _from_any_layout(state: StateDict, source: Path) -> StateDict:
         return from_diffusers_state_dict(state)
     if any(re.match(r"encoder\.down\.\d+\.block\.", k) for k in keys):
         return from_sd_state_dict(state)
-    if any(re.match(r"encoder\.down\.\d+\.blocks\.", k) for k in keys):
-        return state
+    if any(re.match(r"encoder\.down\.\d+\.blocks\.", k) for k in keys):  # ldm_train's names before diffusers'
+        return from_legacy_state_dict(state)
     raise ValueError(
         f"{source} is not an AutoencoderKL checkpoint (diffusers, SD or ldm_train layout); first keys: {keys[:5]}."
     )

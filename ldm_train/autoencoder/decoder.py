@@ -2,7 +2,7 @@
 
 conv3×3 in, ResBlock–attention–ResBlock middle, then per level (lowest resolution first) `num_res_blocks + 1`
 ResBlocks (with self-attention at the levels in `attn_resolutions`) and nearest ×2 + conv upsampling.
-`self.up[0]` is the lowest-resolution stage, i.e. stages are stored in the order they run.
+`self.up_blocks[0]` is the lowest-resolution stage, i.e. stages are stored in the order they run.
 """
 
 from collections.abc import Sequence
@@ -36,11 +36,13 @@ class DecoderStage(ResolutionStage):
         upsample: bool,
     ):
         super().__init__(in_channels, out_channels, num_blocks, attention, dropout, groups)
-        self.upsample = Upsample(out_channels) if upsample else None
+        self.upsamplers = nn.ModuleList([Upsample(out_channels)] if upsample else [])  # `upsamplers.0`, as in diffusers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×Cin×h×w -> B×Cout×2h×2w (h×w at the last level)
         x = super().forward(x)
-        return x if self.upsample is None else self.upsample(x)
+        for upsample in self.upsamplers:
+            x = upsample(x)
+        return x
 
 
 class Decoder(nn.Module):
@@ -69,9 +71,9 @@ class Decoder(nn.Module):
         resolutions = list(reversed(level_resolutions(resolution, num_levels)))
 
         self.conv_in = nn.Conv2d(z_channels, widths[0], kernel_size=3, padding=1)
-        self.mid = AutoencoderMidBlock(widths[0], mid_attention, dropout, norm_groups)
+        self.mid_block = AutoencoderMidBlock(widths[0], mid_attention, dropout, norm_groups)
         # One block more than the encoder per level, as in CompVis (the extra block replaced the UNet skip).
-        self.up = nn.ModuleList(
+        self.up_blocks = nn.ModuleList(
             DecoderStage(
                 c_in,
                 c_out,
@@ -83,12 +85,12 @@ class Decoder(nn.Module):
             )
             for i, (c_in, c_out, res) in enumerate(zip([widths[0], *widths[:-1]], widths, resolutions))
         )
-        self.norm_out = nn.GroupNorm(norm_groups, widths[-1], eps=NORM_EPS)
+        self.conv_norm_out = nn.GroupNorm(norm_groups, widths[-1], eps=NORM_EPS)
         self.conv_out = nn.Conv2d(widths[-1], out_channels, kernel_size=3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # B×z×h×w -> B×Cout×h·f×w·f
         h = self.conv_in(z)
-        h = checkpointed(self.mid, h, enabled=self.gradient_checkpointing)
-        for stage in self.up:
+        h = checkpointed(self.mid_block, h, enabled=self.gradient_checkpointing)
+        for stage in self.up_blocks:
             h = checkpointed(stage, h, enabled=self.gradient_checkpointing)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -35,23 +35,28 @@ def check_attn_resolutions(attn_resolutions: Sequence[int], resolution: int, num
 
 
 class AutoencoderMidBlock(nn.Module):
-    """Bottleneck: ResBlock -> (optional) spatial self-attention -> ResBlock, at constant width."""
+    """Bottleneck: ResBlock -> (optional) spatial self-attention -> ResBlock, at constant width
+    (diffusers' UNetMidBlock2D: `resnets.0`, `attentions.0`, `resnets.1`)."""
 
     def __init__(self, channels: int, attention: bool, dropout: float, groups: int):
         super().__init__()
-        self.block_1 = ResBlock(channels, dropout=dropout, groups=groups, eps=NORM_EPS)
-        self.attention = SpatialSelfAttention(channels, groups=groups, eps=NORM_EPS) if attention else None
-        self.block_2 = ResBlock(channels, dropout=dropout, groups=groups, eps=NORM_EPS)
+        self.resnets = nn.ModuleList(
+            ResBlock(channels, dropout=dropout, groups=groups, eps=NORM_EPS) for _ in range(2)
+        )
+        self.attentions = nn.ModuleList(
+            [SpatialSelfAttention(channels, groups=groups, eps=NORM_EPS)] if attention else []
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×C×h×w -> B×C×h×w
-        x = self.block_1(x)
-        if self.attention is not None:
-            x = self.attention(x)
-        return self.block_2(x)
+        x = self.resnets[0](x)
+        for attention in self.attentions:
+            x = attention(x)
+        return self.resnets[1](x)
 
 
 class ResolutionStage(nn.Module):
-    """`num_blocks` ResBlocks at one resolution, each followed by self-attention when `attention` is set."""
+    """`num_blocks` ResBlocks (`resnets`) at one resolution, each followed by self-attention (`attentions`) when
+    `attention` is set: diffusers' (Attn)DownEncoderBlock2D / (Attn)UpDecoderBlock2D names."""
 
     def __init__(
         self,
@@ -64,7 +69,7 @@ class ResolutionStage(nn.Module):
     ):
         super().__init__()
         widths = [in_channels] + [out_channels] * num_blocks
-        self.blocks = nn.ModuleList(
+        self.resnets = nn.ModuleList(
             ResBlock(c_in, out_channels, dropout=dropout, groups=groups, eps=NORM_EPS) for c_in in widths[:-1]
         )
         n_attn = num_blocks if attention else 0
@@ -73,8 +78,8 @@ class ResolutionStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×Cin×h×w -> B×Cout×h×w
-        for i, block in enumerate(self.blocks):
-            x = block(x)
+        for i, resnet in enumerate(self.resnets):
+            x = resnet(x)
             if self.attentions:
                 x = self.attentions[i](x)
         return x
@@ -94,11 +99,14 @@ class EncoderStage(ResolutionStage):
         downsample: bool,
     ):
         super().__init__(in_channels, out_channels, num_blocks, attention, dropout, groups)
-        self.downsample = Downsample(out_channels, pad_mode="asymmetric") if downsample else None
+        # A list of one (or none), stored as `downsamplers.0` as in diffusers.
+        self.downsamplers = nn.ModuleList([Downsample(out_channels, pad_mode="asymmetric")] if downsample else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×Cin×h×w -> B×Cout×h/2×w/2 (h×w at the last level)
         x = super().forward(x)
-        return x if self.downsample is None else self.downsample(x)
+        for downsample in self.downsamplers:
+            x = downsample(x)
+        return x
 
 
 class Encoder(nn.Module):
@@ -141,16 +149,16 @@ class Encoder(nn.Module):
                     downsample=level < num_levels - 1,
                 )
             )
-        self.down = nn.ModuleList(stages)
-        self.mid = AutoencoderMidBlock(widths[-1], mid_attention, dropout, norm_groups)
-        self.norm_out = nn.GroupNorm(norm_groups, widths[-1], eps=NORM_EPS)
+        self.down_blocks = nn.ModuleList(stages)
+        self.mid_block = AutoencoderMidBlock(widths[-1], mid_attention, dropout, norm_groups)
+        self.conv_norm_out = nn.GroupNorm(norm_groups, widths[-1], eps=NORM_EPS)
         self.conv_out = nn.Conv2d(
             widths[-1], 2 * z_channels if double_z else z_channels, kernel_size=3, padding=1
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×Cin×H×W -> B×(2)z×H/f×W/f
         h = self.conv_in(x)
-        for stage in self.down:
+        for stage in self.down_blocks:
             h = checkpointed(stage, h, enabled=self.gradient_checkpointing)
-        h = checkpointed(self.mid, h, enabled=self.gradient_checkpointing)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        h = checkpointed(self.mid_block, h, enabled=self.gradient_checkpointing)
+        return self.conv_out(F.silu(self.conv_norm_out(h)))

@@ -1,21 +1,26 @@
 """State-dict and config translation between our AutoencoderKL and diffusers' / CompVis-SD's layouts.
 
+Our parameters carry diffusers' AutoencoderKL names, so the diffusers layout differs only by `latent_norm.*`
+(and the deprecated attention names of old diffusers uploads). The CompVis / SD layout is a rename.
+`latent_norm.*` has no counterpart in either layout: for diffusers it lives in the config (`scaling_factor`,
+`shift_factor`, `latents_mean/std`), SD keeps its scale in the LDM config.
+
 Key renames are bidirectional templates: `{i}` / `{j}` stand for block indices and a template matches at a
 dot boundary. Rules apply in list order in both directions and are written so that no rule's output is
-another rule's input. `latent_norm.*` has no counterpart in either layout: for diffusers it lives in the
-config (`scaling_factor`, `shift_factor`, `latents_mean/std`), SD keeps its scale in the LDM config.
+another rule's input.
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
 
-# (ours, diffusers AutoencoderKL)
-DIFFUSERS_RULES = [
+# (the names of ldm_train checkpoints and exports written before the VAE took diffusers' names, ours). Old
+# checkpoints load through it (`from_legacy_state_dict`); the SD rules below are written against those names.
+LEGACY_RULES = [
     ("mid.block_1.", "mid_block.resnets.0."),
     ("mid.block_2.", "mid_block.resnets.1."),
     ("mid.attention.", "mid_block.attentions.0."),
@@ -37,7 +42,7 @@ DIFFUSERS_DEPRECATED_ATTENTION = [
     ("proj_attn.", "to_out.0."),
 ]
 
-# (ours, CompVis / SD original), plus: decoder levels are indexed by resolution there (up.0 runs last) and
+# (legacy ours, CompVis / SD original), plus: decoder levels are indexed by resolution there (up.0 runs last) and
 # attention projections are 1×1 convs.
 SD_RULES = [
     ("blocks.", "block."),
@@ -51,6 +56,7 @@ SD_RULES = [
 ]
 SD_ATTENTION_WEIGHT = re.compile(r"\.attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$")
 SD_DECODER_LEVEL = re.compile(r"^decoder\.up\.(\d+)\.")
+LEGACY_KEY = re.compile(r"(^|\.)(encoder|decoder)\.(down|up|mid|norm_out)\.")  # e.g. encoder.down.0.blocks.0.*
 LATENT_NORM_PREFIX = "latent_norm."
 
 DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215  # diffusers' default when an old config.json omits scaling_factor
@@ -79,16 +85,34 @@ def _without_latent_norm(state: Mapping[str, torch.Tensor]) -> StateDict:
     return {k: v for k, v in state.items() if not k.startswith(LATENT_NORM_PREFIX)}
 
 
+def from_legacy_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """A state_dict with the names of older ldm_train checkpoints -> ours (current names pass unchanged)."""
+    return _rename(state, LEGACY_RULES, reverse=False)
+
+
+def has_legacy_names(keys: Iterable[str]) -> bool:
+    return any(LEGACY_KEY.search(k) for k in keys)
+
+
+def legacy_parameter_positions(legacy_keys: Sequence[str], parameter_names: Sequence[str]) -> list[int]:
+    """Where each parameter of an older checkpoint sits among ours: for the i-th parameter in that checkpoint's
+    order (its state-dict key order, buffers left out), its index in `parameter_names` (our registration order).
+    Optimizer state is matched by position, so a resumed optimizer's state is moved by this map."""
+    index = {name: i for i, name in enumerate(parameter_names)}
+    old = [k for k in from_legacy_state_dict(dict.fromkeys(legacy_keys)) if k in index]
+    if sorted(old) != sorted(parameter_names):
+        raise ValueError("the checkpoint's autoencoder parameters differ from this model's; check the autoencoder config")
+    return [index[k] for k in old]
+
+
 def to_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Our state_dict -> diffusers AutoencoderKL's (latent_norm goes to the config, not the weights)."""
-    return _rename(_without_latent_norm(state), DIFFUSERS_RULES, reverse=False)
+    """Our state_dict -> diffusers AutoencoderKL's: the same names; latent_norm goes to the config."""
+    return _without_latent_norm(state)
 
 
 def from_diffusers_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
     """diffusers AutoencoderKL state_dict (current or deprecated attention names) -> ours, without latent_norm."""
-    return _rename(
-        _rename(state, DIFFUSERS_DEPRECATED_ATTENTION, reverse=False), DIFFUSERS_RULES, reverse=True
-    )
+    return _rename(state, DIFFUSERS_DEPRECATED_ATTENTION, reverse=False)
 
 
 def _flip_decoder_levels(state: Mapping[str, torch.Tensor]) -> StateDict:
@@ -105,14 +129,15 @@ def _flip_decoder_levels(state: Mapping[str, torch.Tensor]) -> StateDict:
 
 def to_sd_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
     """Our state_dict -> the CompVis / Stable Diffusion VAE layout (attention projections as 1×1 convs)."""
-    renamed = _flip_decoder_levels(_rename(_without_latent_norm(state), SD_RULES, reverse=False))
+    legacy = _rename(_without_latent_norm(state), LEGACY_RULES, reverse=True)
+    renamed = _flip_decoder_levels(_rename(legacy, SD_RULES, reverse=False))
     return {k: v[..., None, None] if SD_ATTENTION_WEIGHT.search(k) else v for k, v in renamed.items()}
 
 
 def from_sd_state_dict(state: Mapping[str, torch.Tensor]) -> StateDict:
     """CompVis / Stable Diffusion VAE layout -> our state_dict, without latent_norm."""
     flat = {k: v.flatten(1) if SD_ATTENTION_WEIGHT.search(k) else v for k, v in state.items()}
-    return _rename(_flip_decoder_levels(flat), SD_RULES, reverse=True)
+    return from_legacy_state_dict(_rename(_flip_decoder_levels(flat), SD_RULES, reverse=True))
 
 
 def _attention_levels(types: list[str], known: dict[str, bool], what: str) -> list[bool]:

@@ -20,6 +20,7 @@ from torchmetrics import MeanMetric
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.convert import load_autoencoder_init
 from ldm_train.autoencoder.export import export_autoencoder
+from ldm_train.autoencoder.layouts import has_legacy_names, legacy_parameter_positions
 from ldm_train.autoencoder.losses import AutoencoderLoss
 from ldm_train.constraints import ExistingPath, OpenUnitInterval, PositiveFloat, PositiveInt, check_arguments
 from ldm_train.lit.ema import EMA
@@ -29,6 +30,7 @@ from ldm_train.nn.frozen import freeze
 from ldm_train.speed import CompileMode, SpeedSettings, prepare_module
 
 log = logging.getLogger(__name__)
+AUTOENCODER_PREFIX = "autoencoder."  # the attribute below, as it prefixes checkpoint keys
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 LATENT_NOISE_SEED = 0  # of the posterior samples behind the latent scale (plus the rank)
@@ -94,6 +96,17 @@ class AutoencoderModule(L.LightningModule):
         total = int(self.trainer.estimated_stepping_batches) // self.accumulate
         scheduler = self.lr_scheduler_factory(opt_ae, total_steps=total)
         return [opt_ae, opt_d], [{"scheduler": scheduler, "interval": "step"}]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A checkpoint written before the VAE took diffusers' parameter names (renamed on load by AutoencoderKL)
+        # lists the autoencoder's parameters in another order; the autoencoder optimizer's state is matched by
+        # position, so it moves with them. The learned logvar follows the autoencoder's parameters, unmoved.
+        keys = [k.removeprefix(AUTOENCODER_PREFIX) for k in checkpoint["state_dict"] if k.startswith(AUTOENCODER_PREFIX)]
+        if not has_legacy_names(keys) or not checkpoint.get("optimizer_states"):
+            return
+        positions = legacy_parameter_positions(keys, [name for name, _ in self.autoencoder.named_parameters()])
+        optimizer = checkpoint["optimizer_states"][0]  # opt_ae: the autoencoder's parameters first
+        optimizer["state"] = {(positions[i] if i < len(positions) else i): s for i, s in optimizer["state"].items()}
 
     @property
     def step(self) -> int:

@@ -65,19 +65,19 @@ class Attention(nn.Module):
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
-class SpatialSelfAttention(nn.Module):
+class SpatialSelfAttention(Attention):
     """GroupNorm, then single-head self-attention over the H·W pixels as tokens, added back to the input.
 
-    The autoencoder's attention block (LDM, Rombach et al. 2022; diffusers' VAE `Attention` with biases).
+    The autoencoder's attention block (LDM, Rombach et al. 2022): diffusers' VAE `Attention` with biases, under
+    its parameter names (`group_norm`, `to_q`, `to_k`, `to_v`, `to_out.0`).
     """
 
     def __init__(self, channels: int, groups: int = 32, eps: float = 1e-6):
-        super().__init__()
-        self.norm = nn.GroupNorm(groups, channels, eps=eps)
-        self.attention = Attention(channels, heads=1, dim_head=channels, bias=True)
+        super().__init__(channels, heads=1, dim_head=channels, bias=True)
+        self.group_norm = nn.GroupNorm(groups, channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # B×C×H×W -> B×C×H×W
         b, c, h, w = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # B×HW×C
-        out = self.attention(tokens).transpose(1, 2).reshape(b, c, h, w)
+        tokens = self.group_norm(x).flatten(2).transpose(1, 2)  # B×HW×C
+        out = super().forward(tokens).transpose(1, 2).reshape(b, c, h, w)
         return x + out

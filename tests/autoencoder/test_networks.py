@@ -54,12 +54,13 @@ def test_embed_dim_differs_from_z_channels_and_single_channel_images():
 
 def test_attention_placement_and_switches():
     with_attn = AutoencoderKL(ch_mult=(1, 2), attn_resolutions=[16], **TINY)
-    assert len(with_attn.encoder.down[1].attentions) == TINY["num_res_blocks"]
-    assert len(with_attn.encoder.down[0].attentions) == 0
+    assert len(with_attn.encoder.down_blocks[1].attentions) == TINY["num_res_blocks"]
+    assert len(with_attn.encoder.down_blocks[0].attentions) == 0
     # The decoder runs the lowest resolution first; it has one block more per level.
-    assert len(with_attn.decoder.up[0].attentions) == TINY["num_res_blocks"] + 1
+    assert len(with_attn.decoder.up_blocks[0].attentions) == TINY["num_res_blocks"] + 1
     without = AutoencoderKL(ch_mult=(1, 2), mid_attention=False, **TINY)
-    assert without.encoder.mid.attention is None and without.decoder.mid.attention is None
+    assert len(without.encoder.mid_block.attentions) == len(without.decoder.mid_block.attentions) == 0
+    assert len(with_attn.encoder.mid_block.attentions) == len(with_attn.decoder.mid_block.attentions) == 1
 
 
 def test_unknown_attention_resolution_is_rejected():

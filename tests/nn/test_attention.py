@@ -58,8 +58,7 @@ def test_spatial_self_attention_matches_diffusers_vae_attention():
         _from_deprecated_attn_block=True,
     ).eval()
     ours = SpatialSelfAttention(channels, groups=groups).eval()
-    state = {k.replace("group_norm.", "norm."): v for k, v in ref.state_dict().items()}
-    ours.load_state_dict({(k if k.startswith("norm.") else f"attention.{k}"): v for k, v in state.items()})
+    ours.load_state_dict(ref.state_dict(), strict=True)  # diffusers' parameter names, unchanged
 
     x = torch.randn(2, channels, 5, 3)
     torch.testing.assert_close(ours(x), ref(x), atol=TOL, rtol=TOL)
