@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))  # run as a script from any folder
 
 from ldm_train.evaluate_cli import EvaluateArgs, evaluate  # noqa: E402
 from ldm_train.posthoc_ema_cli import PostHocArgs, write_checkpoints  # noqa: E402
+from ldm_train.runs import is_finished  # noqa: E402
 
 log = logging.getLogger("compare_objectives")
 OBJECTIVES = ("eps", "v_min_snr", "flow")  # configs/diffusion/<name>.yaml; v_min_snr is the recipe before this
@@ -38,7 +39,7 @@ SHOWN = ("class_accuracy", "fid@", "kid@")  # metric keys (prefixes) in the tabl
 
 def train(run_dir: Path, objective: str, first_stage: str, steps: int | None, snapshot_every: int) -> dict:
     """One phase-2 run of the recipe with `objective`; returns its run_summary.json."""
-    if not (run_dir / "FINISHED").exists():
+    if not is_finished(run_dir):
         overrides = [
             "stage=ldm", "experiment=fashion_mnist", "text_encoder=minilm", f"diffusion={objective}",
             f"first_stage.ckpt={first_stage}", f"hydra.run.dir={run_dir}", "resume=auto", "evaluation=none",
