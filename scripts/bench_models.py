@@ -296,18 +296,28 @@ CAPTIONS = [f"a photo of a {name}" for name in ("t-shirt", "trouser", "pullover"
                                                    "shirt", "sneaker", "bag", "ankle boot")]  # Fashion-MNIST's
 
 
-def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module) -> tuple[Step, Step, Step]:
+def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module,
+                 fresh_captions: bool = False) -> tuple[Step, Step, Step]:  # fmt: skip
     """(ours on the fly, theirs on the fly, ours from the latent cache): each side's default phase-2 step.
 
     Ours is LatentDiffusionModule's path (fp32 VAE encode, caption dropout, the frozen encoder's LRU text cache,
     the objective's loss, AdamW, EMA update); theirs is diffusers' train_text_to_image.py (VAE encode and text
-    encode every batch, ε-MSE, AdamW, no EMA by default). The cache batch holds the same images' posterior."""
+    encode every batch, ε-MSE, AdamW, no EMA by default). The cache batch holds the same images' posterior.
+    `fresh_captions`: every step's captions are new (a caption-per-image dataset: the LRU never hits);
+    otherwise Fashion-MNIST's ten class captions repeat (after the first step the LRU always hits)."""
     from ldm_train.diffusion.objective import DiffusionObjective
     from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 
     size, device = pair.size, pair.device
     images = pair.inputs["image"].new_empty(size.unet_batch, 3, size.image_size, size.image_size).uniform_(-1, 1)
-    captions = [CAPTIONS[i % len(CAPTIONS)] for i in range(size.unet_batch)]
+    steps = iter(range(1 << 62))
+
+    def captions() -> list[str]:
+        if not fresh_captions:
+            return [CAPTIONS[i % len(CAPTIONS)] for i in range(size.unet_batch)]
+        step = next(steps)
+        return [f"{CAPTIONS[i % len(CAPTIONS)]}, number {step * size.unet_batch + i}" for i in range(size.unet_batch)]
+
     module = LatentDiffusionModule(pair.unet, pair.vae, text_encoder, DiffusionObjective(NoiseSchedule.scaled_linear()),
                                    optimizer=lambda params: build_adamw(params, LR, speed), ema_decay=0.9999,
                                    text_cache_size=len(CAPTIONS)).to(device).train()  # fmt: skip
@@ -315,9 +325,9 @@ def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module) -> t
     ours_opt = module.configure_optimizers()
     with torch.no_grad():
         posterior = pair.vae.encode(images)
+        first = captions()
         cached = {"latent_mean": posterior.mean, "latent_std": posterior.std,
-                  "context": text_encoder(captions).float(), "caption": captions}  # fmt: skip
-    fly = {"image": images, "caption": captions}
+                  "context": text_encoder(first).float(), "caption": first}  # fmt: skip
 
     def ours(batch: dict) -> None:
         ours_opt.zero_grad(set_to_none=True)
@@ -334,7 +344,7 @@ def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module) -> t
         their_opt.zero_grad(set_to_none=True)
         with torch.no_grad():
             z = pair.their_vae.encode(images).latent_dist.sample() * pair.their_vae.config.scaling_factor
-            context = text_encoder(captions)
+            context = text_encoder(captions())
         noise = torch.randn_like(z)
         t = torch.randint(0, schedule.num_timesteps, (len(z),), device=device)
         a = alphas_bar[t].view(-1, 1, 1, 1)
@@ -343,4 +353,4 @@ def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module) -> t
         F.mse_loss(pred.float(), noise).backward()
         their_opt.step()
 
-    return (lambda: ours(fly)), theirs, (lambda: ours(cached))
+    return (lambda: ours({"image": images, "caption": captions()})), theirs, (lambda: ours(cached))

@@ -73,3 +73,43 @@ def test_flops_of_a_unet_step_are_about_three_forward_passes():
         pair.unet(pair.inputs["z"], pair.inputs["t"], pair.inputs["context"])
     forward = counter.get_total_flops()
     assert forward > 0 and 2.5 * forward <= step <= 3.5 * forward  # backward ≈ 2 × forward
+
+
+class CountingTextEncoder(torch.nn.Module):
+    """A stand-in text encoder (B captions -> B×L×D) that records how many captions it encoded."""
+
+    def __init__(self, size: bench_models.BenchSize):
+        super().__init__()
+        self.shape = (size.context_tokens, size.unet["context_dim"])
+        self.encoded: list[str] = []
+
+    def forward(self, captions: list[str]) -> torch.Tensor:
+        self.encoded += captions
+        return torch.randn(len(captions), *self.shape)
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_phase2_rows_encode_text_per_step_only_with_fresh_captions(fresh):
+    """The cache row's two cases: repeated class captions are encoded once each (our LRU text cache), so the
+    cache saves only the VAE encoder; fresh captions are encoded every step, which the cache saves too."""
+    torch.manual_seed(0)  # caption dropout draws: a fixed run
+    size, steps = bench_models.TINY, 5
+    encoder = CountingTextEncoder(size)
+    ours_fly, theirs_fly, ours_cache = bench_models.phase2_steps(
+        bench_models.build_pair(size, torch.device("cpu")), bench.default_speed(torch.device("cpu")), encoder, fresh
+    )
+    precomputed = len(encoder.encoded)  # the cache batch's contexts, made once
+    for _ in range(steps):
+        ours_fly()
+    encoded = [c for c in encoder.encoded[precomputed:] if c]  # "" is the dropped captions' context
+    assert len(encoded) == len(set(encoded))  # nothing encoded twice
+    if fresh:
+        assert len(encoded) >= (steps - 1) * size.unet_batch  # every step's captions, but for a dropped few
+    else:
+        assert set(encoded) <= set(bench_models.CAPTIONS) and len(encoded) <= size.unet_batch
+    seen = len(encoder.encoded)
+    ours_cache()  # the cache holds the contexts: at most the empty prompt of dropped captions is encoded
+    assert set(encoder.encoded[seen:]) <= {""}
+    seen = len(encoder.encoded)
+    theirs_fly()  # diffusers' script encodes every step's captions
+    assert len(encoder.encoded) - seen == size.unet_batch

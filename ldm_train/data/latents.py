@@ -4,7 +4,8 @@ Each sample of a cache shard holds `latents.safetensors` (the frozen VAE's poste
 the text encoder's context, L×D, all fp32), the caption (`txt`) and the source sample's key (`source.txt`).
 Training draws a fresh posterior sample z = mean + std·ε every step (as on-the-fly encoding does), so the
 cache changes no distribution, only the cost. The cache's `latent_cache.json` records the VAE's weight hash
-(`state_hash`): a cache made with another VAE is refused when training starts.
+and the text encoder's (`state_hash`): a cache made with another VAE or text encoder is refused when training
+starts.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def cache_shards(cache_dir: str | Path, manifest: dict) -> list[str]:
     return [str(p) for p in paths]
 
 
-def check_vae(manifest: dict, first_stage: nn.Module, cache_dir: str | Path) -> None:
-    """Refuse a cache made with another VAE than the run's first stage."""
+def check_frozen(manifest: dict, first_stage: nn.Module, text_encoder: nn.Module, cache_dir: str | Path) -> None:
+    """Refuse a cache made with another VAE or another text encoder than the run's: its latents or contexts
+    would not be the ones this run's sampling (and its evaluation) decodes and conditions on."""
     ours = state_hash(first_stage)
     if manifest["vae_hash"] != ours:
         raise ValueError(
@@ -79,6 +81,14 @@ def check_vae(manifest: dict, first_stage: nn.Module, cache_dir: str | Path) -> 
             f"{manifest['vae_hash'][:12]}) than this run's first stage ({getattr(first_stage, 'source', '?')}, "
             f"{ours[:12]}): rerun scripts/precompute_latents.py with this VAE, or set first_stage.ckpt to the "
             "cache's VAE"
+        )
+    ours = state_hash(text_encoder)
+    if manifest["text_encoder_hash"] != ours:
+        raise ValueError(
+            f"latent cache {cache_dir} was made with another text encoder ({manifest.get('text_encoder')}, weight "
+            f"hash {manifest['text_encoder_hash'][:12]}) than this run's ({type(text_encoder).__name__}, "
+            f"{ours[:12]}): rerun scripts/precompute_latents.py with this run's text_encoder=..., or train with "
+            "the cache's text encoder"
         )
 
 
@@ -141,11 +151,11 @@ class LatentDataModule(WebDatasetDataModule):
                          persistent_workers=persistent_workers, pin_memory=pin_memory,
                          prefetch_factor=prefetch_factor, rank=rank, world_size=world_size)  # fmt: skip
 
-    def check_first_stage(self, first_stage: nn.Module) -> None:
-        """Called by the phase-2 module when training starts: the cache must come from its VAE."""
-        check_vae(self.manifest, first_stage, self.cache_dir)
+    def check_frozen(self, first_stage: nn.Module, text_encoder: nn.Module) -> None:
+        """Called by the phase-2 module when training starts: the cache must come from its VAE and text encoder."""
+        check_frozen(self.manifest, first_stage, text_encoder, self.cache_dir)
         if self.val_cache_dir is not None:
-            check_vae(read_manifest(self.val_cache_dir), first_stage, self.val_cache_dir)
+            check_frozen(read_manifest(self.val_cache_dir), first_stage, text_encoder, self.val_cache_dir)
 
     def _stream(self, urls: list[str], batch_size: int, augment: bool, batches_per_epoch: int | None = None):
         stream = super()._stream(urls, batch_size, augment, batches_per_epoch)

@@ -92,9 +92,9 @@ class LatentDiffusionModule(L.LightningModule):
         prepare_module(self.unet, SpeedSettings(compile=compile, compile_mode=compile_mode))
 
     def setup(self, stage: str) -> None:
-        check = getattr(self.trainer.datamodule, "check_first_stage", None)  # data=latents: made by this VAE?
+        check = getattr(self.trainer.datamodule, "check_frozen", None)  # data=latents: made by these networks?
         if check is not None:
-            check(self.first_stage)
+            check(self.first_stage, self.text_encoder)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def on_fit_start(self) -> None:

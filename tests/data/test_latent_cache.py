@@ -111,14 +111,19 @@ def test_a_fixed_seed_step_gives_the_same_loss_from_the_cache(sources, tmp_path,
     torch.testing.assert_close(losses[1], losses[0], atol=TOL, rtol=TOL)
 
 
-def test_a_cache_made_with_another_vae_is_refused(sources, tmp_path, text_encoder):
+def test_a_cache_made_with_another_vae_or_text_encoder_is_refused(sources, tmp_path, text_encoder):
     write(sources, tmp_path / "cache", text_encoder)
     module = LatentDataModule(str(tmp_path / "cache"), num_workers=0)
-    module.check_first_stage(tiny_vae())  # the same weights: accepted
+    module.check_frozen(tiny_vae(), text_encoder)  # the same weights: accepted
     with pytest.raises(ValueError, match="made with another VAE.*rerun scripts/precompute_latents.py"):
-        module.check_first_stage(tiny_vae(seed=1))
+        module.check_frozen(tiny_vae(seed=1), text_encoder)
+    other_text = CLIPTextEncoder(pretrained=str(write_tiny_clip(tmp_path / "clip_seed1", seed=1)))
+    with pytest.raises(ValueError, match="made with another text encoder.*rerun scripts/precompute_latents.py"):
+        module.check_frozen(tiny_vae(), other_text)  # its contexts would not be this run's
     with pytest.raises(ValueError, match="other vae_hash"):  # nor is it extended with another VAE
         write(sources, tmp_path / "cache", text_encoder, tiny_vae(seed=1))
+    with pytest.raises(ValueError, match="other text_encoder_hash"):  # or another text encoder
+        write(sources, tmp_path / "cache", other_text)
 
 
 def test_a_killed_run_keeps_finished_shards_and_a_rerun_does_the_rest(sources, tmp_path, text_encoder, monkeypatch):
