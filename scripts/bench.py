@@ -21,6 +21,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -40,6 +41,7 @@ MEMORY_STEPS = 3  # steps run by a memory child process (after one warm-up step)
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12,
                    "RTX 4090": 165e12, "A10G": 70e12}  # fmt: skip
 MINILM_DIM = 384  # MiniLM's context width
+CLIP_L = dict(hidden_size=768, num_layers=12, num_heads=12)  # CLIP ViT-L/14's text tower (SD 1.x's context)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -141,16 +143,23 @@ def phase2_rows(size, device, dtype_name, mode, speed, args) -> list[dict]:
 
 
 def text_encoder_for(size: models.BenchSize) -> torch.nn.Module | None:
-    """MiniLM (384-d, 32 tokens: the small UNet's context) when installed; None otherwise (rows left out)."""
-    if size.unet["context_dim"] != MINILM_DIM:
-        return None
+    """The text encoder of the UNet's context width: MiniLM (384-d, 32 tokens: the small UNet's) when installed;
+    for SD's 768-d context a CLIP ViT-L/14-shaped text tower (12 layers, 12 heads, 77 tokens) with random
+    weights and CLIP's real tokenizer (the real weights are not reachable offline; the cost is the same).
+    None (rows left out) when neither fits or is installed."""
     try:
-        from ldm_train.conditioning.hf_text import MiniLMTextEncoder
+        if size.unet["context_dim"] == MINILM_DIM:
+            from ldm_train.conditioning.hf_text import MiniLMTextEncoder
 
-        return MiniLMTextEncoder(max_length=size.context_tokens)
-    except ImportError as err:
+            return MiniLMTextEncoder(max_length=size.context_tokens)
+        if size.unet["context_dim"] == CLIP_L["hidden_size"]:
+            from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
+
+            folder = write_tiny_clip(tempfile.mkdtemp(prefix="bench_clip_l_"), **CLIP_L)
+            return CLIPTextEncoder(pretrained=str(folder), max_length=size.context_tokens)
+    except (ImportError, OSError) as err:
         log.warning("phase-2 rows left out: %s", err)
-        return None
+    return None
 
 
 def perceptual_module() -> torch.nn.Module | None:
