@@ -39,6 +39,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # move the code to the lower layer or pass the object in instead.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
+# Module names that repeat, each the same role in sibling packages (anything else repeated is one name for two
+# things, or two copies of one mechanism): name -> the packages that hold it.
+MIRRORS: dict[str, set[str]] = {
+    "layouts": {"autoencoder", "unet"},  # parameter names and configs: ours <-> diffusers / SD
+    "pretrained": {"autoencoder", "unet"},  # build or fill the network from weights on disk
+    "reconstruction": {"metrics", "evaluation"},  # the per-image scores / the phase-1 evaluator running them
+    "text_encoder": {"conditioning", "interop"},  # the frozen encoder / the same encoder as a diffusers or SD part
+}
+
 Graph = dict[str, set[str]]
 
 
@@ -174,6 +183,15 @@ def test_no_module_imports_from_a_layer_above_its_own():
     problems = [describe(module, other, LAYERS) for module, other in upward if (module, other) not in ALLOWED_UPWARD]
     assert not problems, "imports from a layer above:\n" + "\n".join(problems)
     assert not set(ALLOWED_UPWARD) - set(upward), "an allowed upward import is gone: remove it from ALLOWED_UPWARD"
+
+
+def test_a_module_name_repeats_only_as_a_declared_mirror():
+    holders: dict[str, set[str]] = {}  # module name -> the packages holding a module of that name
+    for module, file in module_files(REPO).items():
+        if file.name != "__init__.py":
+            package, _, name = module.rpartition(".")
+            holders.setdefault(name, set()).add(package.rpartition(".")[2])
+    assert {name: found for name, found in holders.items() if len(found) > 1} == MIRRORS
 
 
 def test_no_import_cycles_between_modules():
