@@ -2,23 +2,25 @@
 synced to disk, then renamed over the target (a rename within one filesystem is atomic). A kill at
 any moment leaves the previous complete file or the new one, never half a file where a loader
 would find it. Checkpoints, exports (files and whole folders), data shards, cached metric statistics
-and classifier weights all go here: the one atomic-write module."""
+and classifier weights all go here: the one atomic-write module. Its reading side for weights given by a
+user (pretrained checkpoints in any layout) is `read_state_dict`, safe to call on untrusted files."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 FILE_MODE = 0o644  # mkstemp creates 0600; these are shared files
 TEMP_SUFFIX = ".tmp"
 TEMP_GLOB = f".*{TEMP_SUFFIX}"  # every temporary name used here, and nothing else
 DIR_MODE = 0o755  # mkdtemp creates 0700
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")  # torch pickles of a state_dict
 
 
 def temp_pattern(path: Path) -> str:
@@ -114,6 +116,30 @@ def publish_folder(write: Callable[[Path], None], out_dir: str | Path, overwrite
             else:
                 leftover.unlink(missing_ok=True)
     return out_dir
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch pickle (loaded with weights_only=True, so a file that
+    pickles code is refused; a Lightning or SD checkpoint's `state_dict` entry is unwrapped)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_file(path)
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise ValueError(
+            f"{path}: unknown checkpoint type {path.suffix!r}; use .safetensors or one of {', '.join(PICKLE_SUFFIXES)}."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError or RuntimeError depending on what it refuses
+        raise ValueError(
+            f"{path} could not be loaded with weights_only=True ({err}); re-save only its state_dict, "
+            "or convert it to .safetensors."
+        ) from err
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state_dict (a mapping of names to tensors).")
+    return dict(obj)
 
 
 def _fsync_file(path: Path) -> None:

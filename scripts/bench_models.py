@@ -1,6 +1,6 @@
 """The networks and steps that scripts/bench.py times: ours and diffusers' at one configuration, same weights.
 
-Ours are built first and copied into diffusers' classes through the converters (ldm_train/unet/convert.py:
+Ours are built first and copied into diffusers' classes through the converters (ldm_train/unet/layouts.py:
 identical state-dict keys; ldm_train/autoencoder/layouts.py for the VAE), so both sides compute the same
 function; `check_*` asserts that before anything is timed.
 """

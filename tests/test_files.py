@@ -1,4 +1,5 @@
-"""ldm_train/files.py, the one atomic-write module: whole files and folders or nothing, overwrite rules."""
+"""ldm_train/files.py, the one atomic-write module: whole files and folders or nothing, overwrite rules; the
+one reader of user-given weights (read_state_dict)."""
 
 from pathlib import Path
 
@@ -44,3 +45,21 @@ def test_publish_folder_appears_whole_and_replaces_only_with_overwrite(tmp_path)
     files.publish_folder(lambda d: (d / "b.txt").write_text("2"), out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert out.stat().st_mode & 0o777 == files.DIR_MODE
+
+
+def test_read_state_dict_unwraps_checkpoints_and_refuses_code_and_unknown_files(tmp_path):
+    weights = {"w": torch.arange(3.0)}
+    files.save_safetensors_atomic(weights, tmp_path / "a.safetensors")
+    torch.save({"state_dict": weights, "global_step": 7}, tmp_path / "b.ckpt")  # Lightning / SD .ckpt
+    torch.save(weights, tmp_path / "c.bin")  # diffusers' pickled weights
+    for name in ("a.safetensors", "b.ckpt", "c.bin"):
+        state = files.read_state_dict(tmp_path / name)
+        assert state.keys() == {"w"} and torch.equal(state["w"], weights["w"])
+    torch.save({"state_dict": weights, "hook": Path("x")}, tmp_path / "code.ckpt")  # pickles a class
+    with pytest.raises(ValueError, match="weights_only=True"):
+        files.read_state_dict(tmp_path / "code.ckpt")
+    torch.save({"w": [1, 2]}, tmp_path / "lists.pt")
+    with pytest.raises(ValueError, match="does not hold a state_dict"):
+        files.read_state_dict(tmp_path / "lists.pt")
+    with pytest.raises(ValueError, match="unknown checkpoint type '.npz'"):
+        files.read_state_dict(tmp_path / "d.npz")

@@ -1,5 +1,6 @@
 """README "Layout": every package and top-level module of ldm_train/ is listed, nothing listed is missing, and
-the list is the layering: a module imports only from modules listed on its own line or above it."""
+the list is the layering: its lines follow the layers of tests/test_layers.py, and a module imports only from
+modules listed on its own line or above it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 import re
 
 from tests.helpers import REPO
+from tests.test_layers import LAYERS, layer_index
 
 PACKAGE = REPO / "ldm_train"
 # A first line of an entry: paths (the first with its folder, the rest relative to it) then the description.
@@ -97,3 +99,15 @@ def test_no_module_imports_from_a_line_below_its_own():
             if above:
                 problems.append(f"{unit} imports {sorted(above)}, listed below it")
     assert not problems, "\n".join(problems)
+
+
+def test_lines_follow_the_layers_bottom_to_top():
+    level = layer_index(LAYERS)
+    seen = []  # (line's first path, its layer)
+    for entry in layout_lines():
+        units = {u for u in map(unit_of, entry) if u is not None and u not in NOT_CODE}
+        layers = {level[u] for u in units}
+        assert len(layers) <= 1, f"{entry} spans layers {sorted(layers)}: one line, one layer"
+        seen += [(entry[0], layer) for layer in layers]
+    out_of_order = [(a, b) for (a, low), (b, high) in zip(seen, seen[1:]) if high < low]
+    assert not out_of_order, f"listed above a lower layer's line: {out_of_order}"

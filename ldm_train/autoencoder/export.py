@@ -14,7 +14,7 @@ from typing import Annotated
 from safetensors.torch import load_file
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
-from ldm_train.autoencoder.convert import autoencoder_from_diffusers, load_autoencoder_init
+from ldm_train.autoencoder.pretrained import autoencoder_from_diffusers, load_autoencoder_init
 from ldm_train.constraints import PathExists
 from ldm_train.files import atomic_write, save_safetensors_atomic
 from ldm_train.runs import (

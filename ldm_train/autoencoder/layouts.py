@@ -58,6 +58,7 @@ SD_ATTENTION_WEIGHT = re.compile(r"\.attn(_1|\.\d+)\.(q|k|v|proj_out)\.weight$")
 SD_DECODER_LEVEL = re.compile(r"^decoder\.up\.(\d+)\.")
 LEGACY_KEY = re.compile(r"(^|\.)(encoder|decoder)\.(down|up|mid|norm_out)\.")  # e.g. encoder.down.0.blocks.0.*
 LATENT_NORM_PREFIX = "latent_norm."
+SD_VAE_PREFIX = "first_stage_model."  # where full SD / LDM checkpoints keep the autoencoder
 
 DIFFUSERS_DEFAULT_SCALING_FACTOR = 0.18215  # diffusers' default when an old config.json omits scaling_factor
 DOWN_TYPES = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}  # type -> has attention

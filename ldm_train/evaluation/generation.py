@@ -23,11 +23,10 @@ from ldm_train.data.fashion_mnist import CLASS_NAMES
 from ldm_train.evaluation.reference import RealReference, extract_features, reference_features
 from ldm_train.evaluation.results import EvaluationResult, count_label, metric_name
 from ldm_train.evaluation.sharding import gather_objects, gather_rows, gather_selected, rank_and_world, shard
-from ldm_train.metrics.accuracy import class_accuracy
+from ldm_train.metrics.accuracy import class_accuracy, class_prompts, fit_to_classifier
 from ldm_train.metrics.classifier import load_fashion_classifier, predict_classes
 from ldm_train.metrics.distances import KID_SUBSET_SIZE, KID_SUBSETS, fid, kid
 from ldm_train.metrics.fid import INCEPTION_NAME, InceptionV3Features, to_uint8_levels
-from ldm_train.metrics.generation import class_prompts, fit_to_classifier
 
 log = logging.getLogger(__name__)
 SampleFn = Callable[[list[str], list[int]], torch.Tensor]  # prompts, seeds -> B×3×H×W in [-1, 1]

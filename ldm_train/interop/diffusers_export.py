@@ -31,7 +31,7 @@ from ldm_train.interop.scheduler import SamplerSettings, scheduler_config
 from ldm_train.interop.text_encoder import pipeline_text_encoder
 from ldm_train.interop.vae import diffusers_vae_config
 from ldm_train.text_to_image import TextToImage
-from ldm_train.unet.convert import to_diffusers_config
+from ldm_train.unet.layouts import to_diffusers_config
 
 log = logging.getLogger(__name__)
 

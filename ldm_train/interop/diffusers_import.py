@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ldm_train.autoencoder.convert import autoencoder_from_diffusers
+from ldm_train.autoencoder.pretrained import autoencoder_from_diffusers
 from ldm_train.conditioning.clip_text import CLIPTextEncoder
 from ldm_train.interop.scheduler import prediction_from_config, schedule_from_config
 from ldm_train.text_to_image import TextToImage

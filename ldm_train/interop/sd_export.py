@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from ldm_train.autoencoder.convert import SD_VAE_PREFIX
-from ldm_train.autoencoder.layouts import to_sd_state_dict
+from ldm_train.autoencoder.layouts import SD_VAE_PREFIX, to_sd_state_dict
 from ldm_train.diffusion.flow import FlowSchedule
 from ldm_train.files import save_safetensors_atomic
 from ldm_train.interop.text_encoder import clip_to_sd
 from ldm_train.interop.vae import sd_scaling_factor
 from ldm_train.text_to_image import TextToImage
-from ldm_train.unet.convert import ours_to_sd
+from ldm_train.unet.layouts import ours_to_sd
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
-from ldm_train.autoencoder.convert import load_autoencoder_init
 from ldm_train.autoencoder.export import export_autoencoder
 from ldm_train.autoencoder.layouts import has_legacy_names, legacy_parameter_positions
 from ldm_train.autoencoder.losses import AutoencoderLoss
+from ldm_train.autoencoder.pretrained import load_autoencoder_init
 from ldm_train.constraints import ExistingPath, OpenUnitInterval, PositiveFloat, PositiveInt, check_arguments
 from ldm_train.lit.ema import EMA
 from ldm_train.lit.fault_tolerance import NonFiniteGuard, end_of_training_batches

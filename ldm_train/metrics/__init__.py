@@ -1,7 +1,7 @@
 """Evaluation metrics: Inception features and the distances on them (FID, KID), reconstruction
 scores, the Fashion-MNIST classifier. The evaluators that run them live in `ldm_train.evaluation`."""
 
-from ldm_train.metrics.accuracy import class_accuracy
+from ldm_train.metrics.accuracy import class_accuracy, class_prompts
 from ldm_train.metrics.classifier import (
     FashionClassifier,
     fashion_classifier_path,
@@ -11,7 +11,6 @@ from ldm_train.metrics.classifier import (
 )
 from ldm_train.metrics.distances import FeatureStatistics, fid, kid
 from ldm_train.metrics.fid import InceptionV3Features, inception_weights_path
-from ldm_train.metrics.generation import class_prompts
 from ldm_train.metrics.reconstruction import per_image_scores, reconstruct
 
 __all__ = [

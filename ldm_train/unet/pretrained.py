@@ -4,32 +4,18 @@ Loads are strict: a missing or unexpected parameter raises, naming it (PyTorch's
 """
 
 import json
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
-from ldm_train.unet.convert import SD_PREFIX, from_diffusers_config, sd_to_ours
+from ldm_train.files import read_state_dict
+from ldm_train.unet.layouts import SD_PREFIX, from_diffusers_config, sd_to_ours
 from ldm_train.unet.unet import UNet
 
 DIFFUSERS_CONFIG = "config.json"
 DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} pickles more than tensors, which weights_only loading refuses; convert it to .safetensors "
-            "(e.g. keep only its 'state_dict') in a trusted environment."
-        ) from error
-    return state.get("state_dict", state)  # SD .ckpt files nest the weights under "state_dict"
 
 
 def unet_from_diffusers(config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> UNet:
@@ -49,7 +35,7 @@ def load_diffusers_unet(folder: str | Path) -> UNet:
             "(the `unet/` subfolder of a Stable Diffusion pipeline)."
         )
     config = json.loads((folder / DIFFUSERS_CONFIG).read_text())
-    return unet_from_diffusers(config, _read_weights(weights))
+    return unet_from_diffusers(config, read_state_dict(weights))
 
 
 def load_sd_unet(path: str | Path, config: Mapping[str, Any], prefix: str = SD_PREFIX) -> UNet:
@@ -58,5 +44,5 @@ def load_sd_unet(path: str | Path, config: Mapping[str, Any], prefix: str = SD_P
     if not path.is_file():
         raise FileNotFoundError(f"Stable Diffusion checkpoint {path} does not exist.")
     unet = UNet(**config)
-    unet.load_state_dict(sd_to_ours(_read_weights(path), config, prefix), strict=True)
+    unet.load_state_dict(sd_to_ours(read_state_dict(path), config, prefix), strict=True)
     return unet

@@ -5,7 +5,7 @@ package's business. Levels halve the resolution; ResBlocks carry the timestep em
 transformers at `attention_levels` (and in the bottleneck) cross-attend to the context, and every
 encoder activation is concatenated back in by the decoder (skip connections).
 
-State-dict keys equal diffusers' `UNet2DConditionModel` (see convert.py for configs and the
+State-dict keys equal diffusers' `UNet2DConditionModel` (see layouts.py for configs and the
 original CompVis/SD layout), so SD weights in diffusers format load with `load_state_dict`.
 """
 
@@ -76,7 +76,7 @@ class UNet(nn.Module):
         channel_mult, attention_levels = tuple(channel_mult), tuple(sorted(set(attention_levels)))
         widths = [model_channels * m for m in channel_mult]
         self._check_args(widths, attention_levels, num_heads, num_head_channels, norm_groups)
-        # The architecture, JSON-serialisable: UNet(**unet.config) rebuilds it; convert.py translates it.
+        # The architecture, JSON-serialisable: UNet(**unet.config) rebuilds it; layouts.py translates it.
         self.config = {
             "in_channels": in_channels,
             "out_channels": out_channels,

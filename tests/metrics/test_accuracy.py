@@ -1,5 +1,5 @@
-"""Generation metrics: accuracy on known labels, class prompts, the resize to the classifier's resolution
-(the evaluator itself is tested in tests/evaluation)."""
+"""Class accuracy of generated samples: accuracy on known labels, class prompts, the resize to the
+classifier's resolution (the evaluator itself is tested in tests/evaluation)."""
 
 import math
 
@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from ldm_train.data.fashion_mnist import CLASS_NAMES
-from ldm_train.metrics.accuracy import class_accuracy
+from ldm_train.metrics.accuracy import class_accuracy, class_prompts, fit_to_classifier
 from ldm_train.metrics.classifier import predict_classes
-from ldm_train.metrics.generation import class_prompts, fit_to_classifier
 
 
 class BrightnessClassifier(nn.Module):

@@ -4,6 +4,7 @@ Our parameter names ARE diffusers' (down_blocks.0.resnets.0.norm1.weight, ...), 
 strict identity on weights plus a config translation. The original CompVis / Stable Diffusion checkpoints
 (`model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight`) number their blocks
 flatly; the table below follows diffusers' `convert_original_stable_diffusion_to_diffusers.py`.
+Loading from disk is `pretrained.py` (the same split as `autoencoder/layouts.py` and `autoencoder/pretrained.py`).
 """
 
 import logging

@@ -1,5 +1,6 @@
-"""Convert checkpoints on disk into our AutoencoderKL: a diffusers folder, or a .safetensors / .ckpt file in the
-SD (CompVis), diffusers or ldm_train layout (key translation in `layouts.py`).
+"""Build or fill our AutoencoderKL from pretrained weights on disk: a diffusers folder, or a .safetensors / .ckpt
+file in the SD (CompVis), diffusers or ldm_train layout (key and config translation in `layouts.py`; the same
+split as `unet/pretrained.py` and `unet/layouts.py`).
 
 Loads are strict: a missing, unexpected or mis-shaped tensor raises with the key names, never a partial load.
 """
@@ -7,50 +8,26 @@ Loads are strict: a missing, unexpected or mis-shaped tensor raises with the key
 import json
 import logging
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.latent_norm import LatentNorm
 from ldm_train.autoencoder.layouts import (
     LATENT_NORM_PREFIX,
+    SD_VAE_PREFIX,
     StateDict,
     from_diffusers_state_dict,
     from_legacy_state_dict,
     from_sd_state_dict,
     kwargs_from_diffusers_config,
 )
+from ldm_train.files import read_state_dict
 
 log = logging.getLogger(__name__)
 
 DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
-SD_VAE_PREFIX = "first_stage_model."  # where full SD / LDM checkpoints keep the autoencoder
-
-
-def read_state_dict(path: Path) -> StateDict:
-    """Tensors from a .safetensors file or a torch pickle (loaded with weights_only=True; a Lightning
-    checkpoint's `state_dict` entry is unwrapped)."""
-    if path.suffix == ".safetensors":
-        return load_file(path)
-    if path.suffix not in (".ckpt", ".pt", ".pth", ".bin"):
-        raise ValueError(
-            f"{path}: unknown checkpoint type {path.suffix!r}; use .safetensors, .ckpt, .pt, .pth or .bin."
-        )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError or RuntimeError depending on what it refuses
-        raise ValueError(
-            f"{path} could not be loaded with weights_only=True ({err}); re-save only its state_dict, "
-            "or convert it to .safetensors."
-        ) from err
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state_dict (a mapping of names to tensors).")
-    return dict(obj)
 
 
 def _autoencoder_subset(state: StateDict, prefix: str, source: Path) -> StateDict:
