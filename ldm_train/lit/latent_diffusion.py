@@ -32,7 +32,7 @@ from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline
 from ldm_train.speed import CompileMode, SpeedSettings, full_precision, prepare_module
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler | None]  # None: a constant LR
 
 
 class LatentDiffusionModule(L.LightningModule):
@@ -130,9 +130,11 @@ class LatentDiffusionModule(L.LightningModule):
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.unet.parameters() if p.requires_grad])
-        if self.lr_scheduler_factory is None:
+        scheduler = None
+        if self.lr_scheduler_factory is not None:  # the factory returns None for a constant LR
+            scheduler = self.lr_scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def drop_captions(self, captions: list[str]) -> list[str]:
