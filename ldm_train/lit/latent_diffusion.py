@@ -33,6 +33,8 @@ from ldm_train.speed import CompileMode, SpeedSettings, full_precision, prepare_
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler | None]  # None: a constant LR
+# Prompts of the image grids logged during training (Fashion-MNIST, the built-in data).
+SAMPLE_PROMPTS = ("a photo of a t-shirt", "a photo of a pair of trousers", "a photo of a sneaker", "a photo of a bag")
 
 
 class LatentDiffusionModule(L.LightningModule):
@@ -52,7 +54,7 @@ class LatentDiffusionModule(L.LightningModule):
         val_timesteps: Sequence[NonNegativeInt] = (50, 250, 500, 750, 950),
         val_seed: NonNegativeInt = 1234,
         loss_buckets: PositiveInt = 4,
-        sample_prompts: Sequence[str] = ("a photo of a sneaker",),
+        sample_prompts: Sequence[str] = SAMPLE_PROMPTS,
         sampler: GuidedSampler | None = None,
         max_nonfinite_steps: PositiveInt = 20,
         channels_last: bool = False,
