@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +47,10 @@ RUN_STAMP_ENV = "LDM_TRAIN_RUN_STAMP"
 RUN_STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 STORE_KEY = "ldm_train/run_stamp"
 STORE_TIMEOUT = timedelta(minutes=5)
+# FSDP units of phase 2 (trainer=fsdp): the UNet class itself (so it and its EMA copy shard alike) and its blocks.
+UNET_WRAP_MODULES = (
+    "ldm_train.unet.unet.UNet", "ldm_train.nn.resnet.ResBlock", "ldm_train.unet.transformer.SpatialTransformer",
+)
 # What Lightning's subprocess launcher exports in the launching process (and never removes).
 LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 # Appended by Lightning to the command line of the ranks it launches.
@@ -267,7 +271,7 @@ class FrozenAwareFSDP(FSDPStrategy):
     `wrap_modules` (import paths) are FSDP units of their own; wrap the UNet class itself too, so
     that the UNet and its EMA copy are sharded identically and the EMA update stays elementwise."""
 
-    def __init__(self, wrap_modules: list[str] | None = None, **kwargs: Any) -> None:
+    def __init__(self, wrap_modules: Sequence[str] | None = UNET_WRAP_MODULES, **kwargs: Any) -> None:
         if wrap_modules:
             kwargs["auto_wrap_policy"] = {get_class(path) for path in wrap_modules}
         super().__init__(**kwargs)

@@ -18,14 +18,11 @@ library and OmegaConf.
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-
-log = logging.getLogger(__name__)
 
 RESOLVED_CONFIG = "config_resolved.yaml"
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -112,7 +109,8 @@ def is_export(weights: Path) -> bool:
 
 def latest_finished_export(search_dirs: list[str], group: str | None) -> Path:
     """`first_stage.ckpt=latest`: the export of the newest *finished* phase-1 run of experiment group
-    `group` (the run's `group`, null included) below any of `search_dirs` (`<log_dir>/autoencoder`)."""
+    `group` (the run's `group`, null included) below any of `search_dirs` (`<log_dir>/autoencoder`).
+    The config check and `load_first_stage` both look it up; the one that loads it logs the choice."""
     found = []
     for stage_dir in search_dirs:
         for run in runs_of(stage_dir):
@@ -128,7 +126,6 @@ def latest_finished_export(search_dirs: list[str], group: str | None) -> Path:
             "diffusers VAE folder, or SD .safetensors/.ckpt>."
         )
     newest = max(found, key=lambda run: run.parts[-2:])
-    log.info("first_stage.ckpt=latest: %s (the newest finished phase-1 run of group %r)", newest, group)
     return newest / EXPORT_DIR / EXPORT_WEIGHTS
 
 

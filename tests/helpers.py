@@ -61,3 +61,40 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def series(rows: list[dict[str, str]], key: str) -> list[float]:
     return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+# -- every config group option, with the stage(s) it applies to -----------------------------------------
+STAGES = ("autoencoder", "ldm")
+# Groups whose options build one stage's pieces; every other group's options apply to both stages.
+# `stage` and `experiment_stage` are chosen through `stage=` and `experiment=`; `hydra` (launchers) is
+# composed in tests/test_sweeps.py and never reaches the config check.
+STAGE_GROUPS = {
+    "autoencoder": ("autoencoder",), "discriminator": ("autoencoder",), "perceptual": ("autoencoder",),
+    "unet": ("ldm",), "text_encoder": ("ldm",), "diffusion": ("ldm",), "first_stage": ("ldm",),
+}
+NOT_CHOSEN_DIRECTLY = ("stage", "experiment_stage", "hydra")
+# Options that hold a stage's pieces of a both-stage group (their names say which), and the values an
+# option leaves to the user (`???`).
+OPTION_STAGES = {("optim", "autoencoder"): ("autoencoder",), ("optim", "adamw"): ("ldm",), ("data", "latents"): ("ldm",)}
+OPTION_NEEDS = {("data", "webdataset"): ["data.train_shards=/data/shard-000000.tar"],
+                ("data", "latents"): ["data.cache_dir=/data/latents"]}
+# Phase 2 without CLIP's weights (offline); a text_encoder=<option> composition replaces it.
+STAGE_BASE = {"autoencoder": [], "ldm": ["text_encoder=minilm"]}
+
+
+def config_options() -> list[tuple[str, str, str]]:
+    """(stage, group, option) for every option of every config group, once per stage it applies to."""
+    found = []
+    for folder in sorted(p for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name not in NOT_CHOSEN_DIRECTLY):
+        for option in sorted(p.stem for p in folder.glob("*.yaml")):
+            stages = OPTION_STAGES.get((folder.name, option)) or STAGE_GROUPS.get(folder.name, STAGES)
+            if folder.name == "evaluation" and option.rsplit("_", 1)[-1] in STAGES:
+                stages = (option.rsplit("_", 1)[-1],)
+            found += [(stage, folder.name, option) for stage in stages]
+    return found
+
+
+def compose_option(stage: str, group: str, option: str, root: Path) -> DictConfig:
+    """The config of `stage` with `group=option` (and the values that option leaves to the user)."""
+    base = [o for o in STAGE_BASE[stage] if o.split("=")[0] != group]
+    return compose_config([f"stage={stage}", *base, f"{group}={option}", *OPTION_NEEDS.get((group, option), [])], root)

@@ -95,6 +95,11 @@ def load_first_stage(
         )
     if model.latent_norm.is_identity:
         log.warning("The first stage at %s has no latent scale set (scale 1, shift 0).", path)
-    log.info("First stage: %s (latent scale %s)", path, model.latent_norm.scale.tolist())
+    scale = model.latent_norm.scale.tolist()
+    if ckpt == LATEST:
+        log.info("First stage: first_stage.ckpt=latest: %s (the newest finished phase-1 run of group %r; latent "
+                 "scale %s)", path, group, scale)
+    else:
+        log.info("First stage: %s (latent scale %s)", path, scale)
     model.source = str(path)  # copied into the phase-2 run and recorded in its checkpoints (ldm_train/runs.py)
     return model.eval().requires_grad_(False)

@@ -52,7 +52,7 @@ class AutoencoderLoss(nn.Module):
         perceptual_weight: NonNegativeFloat = 1.0,
         logvar_init: float = 0.0,
         kl_weight: NonNegativeFloat = 1e-6,
-        disc_start: NonNegativeInt = 50001,
+        disc_start: NonNegativeInt = 2001,
         disc_factor: NonNegativeFloat = 1.0,
         disc_weight: NonNegativeFloat = 0.5,
         disc_loss: DiscLoss = "hinge",

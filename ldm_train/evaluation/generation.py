@@ -40,7 +40,7 @@ class GenerationEvaluator:
         self,
         reference: RealReference,
         # Images per prompt (K). With the 10 class prompts, per_prompt=100 gives the 1,000-sample protocol.
-        per_prompt: int = 20,
+        per_prompt: int = 10,
         # "fashion_mnist": the prompts "a photo of a <class>" with their labels, judged by the trained
         # Fashion-MNIST classifier (class accuracy); null: use `prompts`, no accuracy.
         classes: ClassSet | None = "fashion_mnist",
@@ -49,7 +49,7 @@ class GenerationEvaluator:
         # Sample i uses seed `seed + i`.
         seed: int = 0,
         # Sampling batch per rank; Inception batch.
-        batch_size: int = 64,
+        batch_size: int = 100,
         feature_batch_size: int = 50,
         # KID: mean/std of the unbiased MMD² over random subsets (capped at the set sizes).
         kid_subsets: int = KID_SUBSETS,

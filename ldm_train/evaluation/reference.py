@@ -29,13 +29,15 @@ FEATURES_KEY = "features"
 DATASETS = ("fashion_mnist",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RealReference:
     """The first `n` images of `dataset`/`split`, resized (antialiased bilinear) to `resolution`."""
 
     dataset: str = "fashion_mnist"  # the built-in data (the only source implemented so far)
     split: str = "test"  # "test": the 10,000-image Fashion-MNIST test split; "train": 60,000
-    n: int = 10_000  # how many images, taken from the start of the split (a fixed, ordered set)
+    # How many images, taken from the start of the split (a fixed, ordered set). No default: each caller
+    # sizes its own (the in-loop evaluation configs, `scripts/evaluate.py`'s reference_n).
+    n: int
     resolution: int = 32  # the frame samples are compared in: the training resolution
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ from ldm_train.speed import CompileMode, SpeedSettings, prepare_module
 log = logging.getLogger(__name__)
 AUTOENCODER_PREFIX = "autoencoder."  # the attribute below, as it prefixes checkpoint keys
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler | None]  # None: a constant LR
 LATENT_NOISE_SEED = 0  # of the posterior samples behind the latent scale (plus the rank)
 
 
@@ -91,10 +91,12 @@ class AutoencoderModule(L.LightningModule):
         ae_params = list(self.autoencoder.parameters()) + list(self.loss.generator_parameters())
         opt_ae = self.optimizer_factory(ae_params)
         opt_d = self.disc_optimizer_factory(list(self.loss.discriminator_parameters()))
-        if self.lr_scheduler_factory is None:
+        scheduler = None
+        if self.lr_scheduler_factory is not None:
+            total = int(self.trainer.estimated_stepping_batches) // self.accumulate
+            scheduler = self.lr_scheduler_factory(opt_ae, total_steps=total)  # None: a constant LR
+        if scheduler is None:
             return [opt_ae, opt_d]
-        total = int(self.trainer.estimated_stepping_batches) // self.accumulate
-        scheduler = self.lr_scheduler_factory(opt_ae, total_steps=total)
         return [opt_ae, opt_d], [{"scheduler": scheduler, "interval": "step"}]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -57,7 +57,7 @@ class LastCheckpoint(L.Callback):
     steps since are trained again); the temporary file is removed when the run resumes.
     """
 
-    def __init__(self, dirpath: str, every_n_steps: int | None = 500, every_n_minutes: float | None = None) -> None:
+    def __init__(self, dirpath: str, every_n_steps: int | None = 500, every_n_minutes: float | None = 30) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1 or null (no step-based saves), got {every_n_steps}")
         if every_n_minutes is not None and every_n_minutes <= 0:

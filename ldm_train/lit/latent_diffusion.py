@@ -32,7 +32,9 @@ from ldm_train.sampling.pipeline import GuidedSampler, LatentDiffusionPipeline
 from ldm_train.speed import CompileMode, SpeedSettings, full_precision, prepare_module
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler | None]  # None: a constant LR
+# Prompts of the image grids logged during training (Fashion-MNIST, the built-in data).
+SAMPLE_PROMPTS = ("a photo of a t-shirt", "a photo of a pair of trousers", "a photo of a sneaker", "a photo of a bag")
 
 
 class LatentDiffusionModule(L.LightningModule):
@@ -52,7 +54,7 @@ class LatentDiffusionModule(L.LightningModule):
         val_timesteps: Sequence[NonNegativeInt] = (50, 250, 500, 750, 950),
         val_seed: NonNegativeInt = 1234,
         loss_buckets: PositiveInt = 4,
-        sample_prompts: Sequence[str] = ("a photo of a sneaker",),
+        sample_prompts: Sequence[str] = SAMPLE_PROMPTS,
         sampler: GuidedSampler | None = None,
         max_nonfinite_steps: PositiveInt = 20,
         channels_last: bool = False,
@@ -130,9 +132,11 @@ class LatentDiffusionModule(L.LightningModule):
     # -- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.unet.parameters() if p.requires_grad])
-        if self.lr_scheduler_factory is None:
+        scheduler = None
+        if self.lr_scheduler_factory is not None:  # the factory returns None for a constant LR
+            scheduler = self.lr_scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
             return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def drop_captions(self, captions: list[str]) -> list[str]:

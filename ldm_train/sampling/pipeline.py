@@ -52,7 +52,7 @@ class GuidedSampler:
         self,
         sampler: SamplerName = "dpmpp_2m",  # samplers.py; flow models take euler, heun or dpmpp_2m
         num_steps: PositiveInt = 25,  # sampler steps: one network call each (heun: two, but on the last step)
-        guidance_scale: float = 7.5,  # g of classifier-free guidance (or autoguidance); 1 is none
+        guidance_scale: float = 3.0,  # g of classifier-free guidance (or autoguidance); 1 is none
         spacing: Spacing | None = None,  # grid.py; None: leading for VP models, linspace for flow models
         steps_offset: int = 1,  # added to leading timesteps (VP only)
         karras: bool = False,  # Karras et al. (2022) σ grid instead of the spacing (VP only)

@@ -60,7 +60,7 @@ def test_minilm_matches_sentence_transformers_offline(minilm):
 
     prompts = ["a photo of a cat", "two dogs playing in the snow", ""]
     context = minilm(prompts)
-    assert context.shape == (3, 77, 384) and minilm.output_dim == 384
+    assert context.shape == (3, 32, 384) and minilm.output_dim == 384
     # all-MiniLM-L6-v2's sentence embedding is the masked mean of these token features, L2-normalised.
     mask = minilm.tokenize(prompts)["attention_mask"][..., None].float()
     pooled = nn.functional.normalize((context * mask).sum(1) / mask.sum(1), dim=-1)

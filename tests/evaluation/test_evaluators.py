@@ -136,6 +136,6 @@ def test_bad_settings_are_refused(kwargs, match):
 
 def test_reference_is_checked():
     with pytest.raises(ValueError, match="not built in"):
-        RealReference(dataset="imagenet")
+        RealReference(dataset="imagenet", n=10)
     with pytest.raises(ValueError, match="n >= 2"):
         RealReference(n=1)

@@ -60,3 +60,4 @@ def test_lr_schedules():
         opt2.step()
         sched2.step()
     assert seen == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+    assert warmup_constant(opt2, total_steps=0, warmup_steps=0) is None  # constant from step 0: no scheduler

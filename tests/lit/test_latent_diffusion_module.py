@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import lightning as L
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
+from ldm_train.lit.lr_schedules import warmup_constant
 from ldm_train.unet import UNet
 
 
@@ -22,13 +24,13 @@ def text_encoder(tmp_path_factory):
     return CLIPTextEncoder(pretrained=str(folder))
 
 
-def make_module(text_encoder, in_channels: int = 4, cond_drop_prob: float = 0.1) -> LatentDiffusionModule:
+def make_module(text_encoder, in_channels: int = 4, cond_drop_prob: float = 0.1, lr_scheduler=None) -> LatentDiffusionModule:
     unet = UNet(in_channels=in_channels, out_channels=in_channels, model_channels=32, channel_mult=(1, 2),
                 num_res_blocks=1, attention_levels=(1,), num_heads=4, norm_groups=8, context_dim=32)
     vae = AutoencoderKL(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attention=False, resolution=32, norm_groups=4)
     return LatentDiffusionModule(unet, vae, text_encoder, DiffusionObjective(NoiseSchedule.scaled_linear()),
                                  optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
-                                 cond_drop_prob=cond_drop_prob, ema_decay=0.99)
+                                 lr_scheduler=lr_scheduler, cond_drop_prob=cond_drop_prob, ema_decay=0.99)
 
 
 def test_caption_dropout_rate_matches_config(text_encoder):
@@ -51,6 +53,12 @@ def test_only_the_unet_is_optimised_and_saved(text_encoder):
     fresh = make_module(text_encoder)
     fresh.load_state_dict(state, strict=True)  # frozen parts are filled from their own weights
     assert all(torch.equal(a, b) for a, b in zip(fresh.unet.parameters(), module.unet.parameters()))
+
+
+def test_a_constant_lr_without_warmup_builds_no_scheduler(text_encoder):
+    constant = make_module(text_encoder, lr_scheduler=functools.partial(warmup_constant, warmup_steps=0))
+    constant.trainer = L.Trainer(accelerator="cpu", max_epochs=-1, max_steps=10, logger=False)  # the run's total steps
+    assert isinstance(constant.configure_optimizers(), torch.optim.AdamW)  # the optimizer alone, no scheduler
 
 
 def test_training_step_leaves_frozen_parts_unchanged(text_encoder):
