@@ -57,11 +57,25 @@ class Frozen(nn.Module):
     def device(self) -> torch.device:
         return next(nn.Module.parameters(self)).device
 
+    def __reduce_ex__(self, protocol: int):
+        # A class made by `freeze` is not importable by name, which pickle needs (ddp_spawn, torch.save of a
+        # whole module): rebuild it from the class it froze, then restore the instance's state as usual.
+        base = type(self).__dict__.get("_frozen_base")
+        if base is None:  # a class written to be frozen: pickled by name like any other
+            return super().__reduce_ex__(protocol)
+        return _new_frozen, (base,), self.__getstate__()
+
 
 @functools.cache
 def _frozen_class(cls: type[nn.Module]) -> type[nn.Module]:
     """`cls` with `Frozen`'s behaviour first in its method order; one class per `cls`."""
-    return type(f"Frozen{cls.__name__}", (Frozen, cls), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+    namespace = {"__module__": cls.__module__, "__doc__": cls.__doc__, "_frozen_base": cls}
+    return type(f"Frozen{cls.__name__}", (Frozen, cls), namespace)
+
+
+def _new_frozen(cls: type[nn.Module]) -> nn.Module:
+    """An empty instance of `cls`'s frozen class, for unpickling (its state is set by pickle afterwards)."""
+    return object.__new__(_frozen_class(cls))
 
 
 def freeze(module: ModuleT) -> ModuleT:

@@ -54,3 +54,26 @@ def test_a_deep_copy_stays_frozen():
     copied = copy.deepcopy(Owner(freeze(_pretrained())))
     assert isinstance(copied.part, Frozen) and set(copied.state_dict()) == {"head.weight", "head.bias"}
     assert not copied.train().part.training
+
+
+class WrittenFrozen(Frozen):
+    """A class written to be frozen (subclasses Frozen itself): pickled by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 4)
+        self.freeze()
+
+
+@pytest.mark.parametrize("make", [lambda: freeze(_pretrained()), WrittenFrozen], ids=["freeze()", "subclass"])
+def test_a_frozen_module_pickles_whole_and_stays_frozen(make):
+    """ddp_spawn and torch.save(module) pickle the owner: a class made by freeze() is not importable by name."""
+    import pickle
+
+    owner = Owner(make())
+    restored = pickle.loads(pickle.dumps(owner))
+    assert type(restored.part) is type(owner.part) and isinstance(restored.part, Frozen)
+    for key, value in nn.Module.state_dict(owner.part).items():
+        assert torch.equal(nn.Module.state_dict(restored.part)[key], value), key
+    assert set(restored.state_dict()) == {"head.weight", "head.bias"}
+    assert not restored.train().part.training and not any(p.requires_grad for p in restored.part.parameters())
