@@ -74,22 +74,20 @@ def cache_shards(cache_dir: str | Path, manifest: dict) -> list[str]:
 def check_frozen(manifest: dict, first_stage: nn.Module, text_encoder: nn.Module, cache_dir: str | Path) -> None:
     """Refuse a cache made with another VAE or another text encoder than the run's: its latents or contexts
     would not be the ones this run's sampling (and its evaluation) decodes and conditions on."""
-    ours = state_hash(first_stage)
-    if manifest["vae_hash"] != ours:
-        raise ValueError(
-            f"latent cache {cache_dir} was made with another VAE ({manifest.get('vae_source')}, weight hash "
-            f"{manifest['vae_hash'][:12]}) than this run's first stage ({getattr(first_stage, 'source', '?')}, "
-            f"{ours[:12]}): rerun scripts/precompute_latents.py with this VAE, or set first_stage.ckpt to the "
-            "cache's VAE"
-        )
-    ours = state_hash(text_encoder)
-    if manifest["text_encoder_hash"] != ours:
-        raise ValueError(
-            f"latent cache {cache_dir} was made with another text encoder ({manifest.get('text_encoder')}, weight "
-            f"hash {manifest['text_encoder_hash'][:12]}) than this run's ({type(text_encoder).__name__}, "
-            f"{ours[:12]}): rerun scripts/precompute_latents.py with this run's text_encoder=..., or train with "
-            "the cache's text encoder"
-        )
+    rerun = "rerun scripts/precompute_latents.py with"
+    networks = (  # what, manifest key, the cache's network, ours, its name, the fix
+        ("VAE", "vae_hash", manifest.get("vae_source"), first_stage, getattr(first_stage, "source", "?"),
+         f"{rerun} this VAE, or set first_stage.ckpt to the cache's VAE"),
+        ("text encoder", "text_encoder_hash", manifest.get("text_encoder"), text_encoder, type(text_encoder).__name__,
+         f"{rerun} this run's text_encoder=..., or train with the cache's text encoder"),
+    )  # fmt: skip
+    for what, key, theirs, module, name, fix in networks:
+        ours = state_hash(module)
+        if manifest[key] != ours:
+            raise ValueError(
+                f"latent cache {cache_dir} was made with another {what} ({theirs}, weight hash {manifest[key][:12]}) "
+                f"than this run's ({name}, {ours[:12]}): {fix}"
+            )
 
 
 class LatentSampleDecoder:
