@@ -92,6 +92,12 @@ class AutoencoderKL(nn.Module):
             state_dict.update({prefix + k: v for k, v in renamed.items()})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile the encoder and the decoder in place (see `Decoder.compile`); the rest (1×1 convs, the
+        posterior, the latent norm) stays eager, and `forward` keeps returning a posterior object."""
+        self.encoder.compile(*args, **kwargs)
+        self.decoder.compile(*args, **kwargs)
+
     def encode(self, x: torch.Tensor) -> DiagonalGaussian:  # B×Cin×H×W -> posterior over B×embed×H/f×W/f
         moments = self.encoder(x)
         if self.quant_conv is not None:

@@ -88,6 +88,15 @@ class Decoder(nn.Module):
         self.conv_norm_out = nn.GroupNorm(norm_groups, widths[-1], eps=NORM_EPS)
         self.conv_out = nn.Conv2d(widths[-1], out_channels, kernel_size=3, padding=1)
 
+    def compile(self, *args, **kwargs) -> None:
+        """torch.compile in place, all but the output layer (norm, SiLU, `conv_out`), which stays eager: phase 1's
+        adaptive GAN weight differentiates two losses with respect to `conv_out.weight` with retain_graph=True,
+        which a compiled graph's backward refuses once it has donated its buffers. With the output layer eager,
+        that differentiation stops before the compiled graph, whose backward then runs once, in the step's own
+        backward. Arguments as `nn.Module.compile`."""
+        for part in (self.conv_in, self.mid_block, *self.up_blocks):
+            part.compile(*args, **kwargs)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # B×z×h×w -> B×Cout×h·f×w·f
         h = self.conv_in(z)
         h = checkpointed(self.mid_block, h, enabled=self.gradient_checkpointing)

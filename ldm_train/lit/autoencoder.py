@@ -76,9 +76,9 @@ class AutoencoderModule(L.LightningModule):
         for net in (autoencoder, loss.discriminator):  # before the EMA copy, so it shares the layout
             prepare_module(net, SpeedSettings(channels_last=channels_last))
         self.ema = EMA(autoencoder, ema_decay) if ema_decay else None
-        # Encoder and decoder separately (the autoencoder returns a posterior object); the EMA copy stays eager.
-        for net in (autoencoder.encoder, autoencoder.decoder):
-            prepare_module(net, SpeedSettings(compile=compile, compile_mode=compile_mode))
+        # The encoder and the decoder (AutoencoderKL.compile: the decoder's output layer stays eager for the
+        # adaptive GAN weight); the EMA copy stays eager.
+        prepare_module(autoencoder, SpeedSettings(compile=compile, compile_mode=compile_mode))
         self.latent_scale_batches = latent_scale_batches
         self.nonfinite = NonFiniteGuard(max_nonfinite_steps)
         # The validation loss (the stage's checkpoint/sweep metric), reduced over all ranks by torchmetrics.

@@ -289,3 +289,31 @@ def test_one_training_step_with_the_real_parts():
     d_loss, _ = loss.discriminator_loss(x, recon, global_step=0)
     d_loss.backward()
     assert all(p.grad is not None for p in loss.discriminator_parameters())
+
+
+def test_a_compiled_autoencoder_takes_the_adaptive_gan_weight_and_matches_eager():
+    """module.compile=true in phase 1: once the discriminator starts, the adaptive weight differentiates two losses
+    with respect to the decoder's output layer with retain_graph=True, which a compiled graph's backward refuses
+    once it has donated its buffers (it did, from the first step's backward). AutoencoderKL.compile keeps that
+    layer eager. aot_eager: the same autograd graphs as inductor, without code generation (seconds on a CPU)."""
+    from ldm_train.autoencoder import AutoencoderKL
+
+    torch.manual_seed(0)
+    eager = AutoencoderKL(ch=8, ch_mult=(1, 2), num_res_blocks=1, mid_attention=False, resolution=16, norm_groups=4)
+    compiled = AutoencoderKL(**eager.config)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile(backend="aot_eager", dynamic=False)
+    loss = AutoencoderLoss(NLayerDiscriminator(ndf=8, n_layers=1), None, perceptual_weight=0.0, disc_start=2)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    grads, weights = [], []
+    for net in (compiled, eager):
+        for step in (1, 2):  # before disc_start (plain backward), then with the adaptive weight
+            net.zero_grad(set_to_none=True)
+            recon, posterior = net(x, sample=False)
+            g_loss, logs = loss.generator_loss(x, recon, posterior, step, net.last_layer)
+            g_loss.backward()
+        grads.append([p.grad for p in net.parameters()])
+        weights.append(logs["d_weight"])
+    torch.testing.assert_close(weights[0], weights[1])
+    for compiled_grad, eager_grad in zip(*grads):
+        torch.testing.assert_close(compiled_grad, eager_grad, atol=1e-5, rtol=1e-4)
