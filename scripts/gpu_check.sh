@@ -33,7 +33,9 @@ part tests 45 "$PY" -m pytest -q -m gpu tests/test_speed_switches.py
 
 COMMON=(experiment=fashion_mnist trainer=gpu evaluation=none logger=csv "trainer.max_steps=$STEPS"
         "trainer.val_check_interval=$STEPS" module.compile=true module.channels_last=true)
-part phase1 75 "$PY" train.py stage=autoencoder "${COMMON[@]}" "hydra.run.dir=$OUT/phase1"
+# The discriminator from half-way, so the compiled autoencoder also runs the adaptive GAN weight.
+part phase1 75 "$PY" train.py stage=autoencoder "${COMMON[@]}" "module.loss.disc_start=$((STEPS / 2))" \
+  "hydra.run.dir=$OUT/phase1"
 part phase2 75 "$PY" train.py stage=ldm text_encoder=minilm "${COMMON[@]}" "first_stage.ckpt=$OUT/phase1" \
   "hydra.run.dir=$OUT/phase2"
 part fsdp 45 "$PY" train.py stage=ldm text_encoder=minilm experiment=fashion_mnist trainer=fsdp trainer.devices=1 \
