@@ -234,6 +234,14 @@ class _Walk:
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         hints = {**parameter_hints(obj), **THIRD_PARTY_HINTS.get(_full_name(obj), {})}
         valid = [p for p, v in params.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
+        if not node.get("_partial_", False):  # a partial node gets the rest of its arguments when it is called
+            given = len(node.get("_args_", ()))
+            for i, (param, spec) in enumerate((p, v) for p, v in params.items() if p != "self"):
+                required = spec.default is inspect.Parameter.empty and spec.kind not in (spec.VAR_POSITIONAL,
+                                                                                           spec.VAR_KEYWORD)
+                if required and i >= given and param not in node:
+                    self.problems.append(f"{path or 'the config'} ({name}): '{param}' has no default and no value; "
+                                         f"set {_join(path, param)}=<value>")
         for key in node.keys():
             if key in _HYDRA_KEYS:
                 continue

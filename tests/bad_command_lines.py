@@ -156,6 +156,8 @@ CASES = [
     case("shards_brace_expanded", ["data=webdataset", "data.train_shards=/nope/000.tar", "data.train_shards=/nope/001.tar"],
          "data.train_shards is given 2 times", "data.train_shards=/nope/000.tar"),
     case("shards_not_given", ["data=webdataset"], "data.train_shards", "???"),
+    case("required_argument_removed", ["~module.loss.discriminator"], "module.loss", "'discriminator' has no default",
+         "set module.loss.discriminator=<value>"),
     case("bad_reference", ["data.resolution=${nope}"], "data.resolution", "${nope}"),
     case("dry_run_flag", ["--dry-run"], "--dry-run", "check=only"),
     # -- pieces that do not fit together ---------------------------------------------------------------

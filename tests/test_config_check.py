@@ -88,6 +88,14 @@ def test_missing_value_names_the_key():
         {"module": net(channels="???")})
 
 
+def test_a_required_argument_left_out_is_named_unless_the_node_is_partial_or_positional():
+    cfg = {"module": {"_target_": TARGET, "mult": [1]}}  # `channels` has no default
+    assert "module (tests.test_config_check.Net): 'channels' has no default and no value; set module.channels=<value>" \
+        in problems_of(cfg)  # fmt: skip
+    check_config(OmegaConf.create({"module": {**cfg["module"], "_partial_": True}}))  # given when it is called
+    check_config(OmegaConf.create({"module": {"_target_": TARGET, "_args_": [8, [1]]}}))  # given by position
+
+
 def test_command_line_brace_pattern_and_repeated_key_are_named():
     (grammar,) = command_line_problems(["data.train_shards=/d/s-{000..009}.tar"])
     assert "`data.train_shards=/d/s-{000..009}.tar`" in grammar and """'data.train_shards="/d/s-{000..009}.tar"'""" in grammar
