@@ -10,6 +10,7 @@ Writes outputs/bench/bench.json: [{"name", "device", "dtype", "mode", "ours", "t
 ratio > 1 meaning we are better (faster or smaller). A measurement, not a test: numbers depend on the load.
 
     python scripts/bench.py [--size small|sd] [--reps 7] [--compile] [--dtypes fp32 bf16]      (make bench)
+                            [--parts timing memory switches]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 MINILM_DIM = 384  # MiniLM's context width
 CLIP_L = dict(hidden_size=768, num_layers=12, num_heads=12)  # CLIP ViT-L/14's text tower (SD 1.x's context)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PARTS = ("timing", "memory", "switches")  # --parts: which groups of rows
 
 
 def default_speed(device: torch.device) -> SpeedSettings:
@@ -247,13 +249,13 @@ def _proc_status(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * KIB
 
 
-def memory_rows(device: torch.device, dtype_name: str, args) -> list[dict]:
+def memory_rows(size: models.BenchSize, device: torch.device, dtype_name: str) -> list[dict]:
     rows = []
     for case in ("unet_train_step", "vae_train_step_plain", "sample_dpmpp2m_25_cfg"):
         peaks = {}
         for side in ("ours", "theirs"):
-            cmd = [sys.executable, __file__, "--size", args.size, "--device", str(device), "--memory-child",
-                   case, side, dtype_name] + (["--tiny"] if args.tiny else [])  # fmt: skip
+            cmd = [sys.executable, __file__, "--device", str(device), "--memory-child", case, side, dtype_name,
+                   size.name]  # fmt: skip
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             peaks[side] = json.loads(out.strip().splitlines()[-1])["peak_bytes"] / MIB
         rows.append(row(f"peak_memory:{case}", device, dtype_name, "eager", peaks["ours"], peaks["theirs"], "MiB"))
@@ -291,30 +293,34 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="add rows with both sides torch.compile'd")
     parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=None,
                         help="default: fp32 and bf16 autocast on CUDA, fp32 on CPU (bf16 there: CPUs with bf16 units)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which rows: ours vs theirs timings, peak memory (child processes), switches on vs off")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--no-switches", action="store_true", help="skip the switch on/off rows")
     parser.add_argument("--sample-atol", type=float, default=1e-3, help="image agreement required (fp32)")
     parser.add_argument("--tiny", action="store_true", help="a tiny configuration (tests/test_bench.py)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
-    parser.add_argument("--memory-child", nargs=3, metavar=("CASE", "SIDE", "DTYPE"), help=argparse.SUPPRESS)
+    parser.add_argument("--memory-child", nargs=4, metavar=("CASE", "SIDE", "DTYPE", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
     if args.memory_child:
-        case, side, dtype_name = args.memory_child
-        print(json.dumps({"peak_bytes": memory_child(case, side, sizes_for(args)[0], device, dtype_name)}))
+        case, side, dtype_name, size_name = args.memory_child
+        size = models.TINY if size_name == models.TINY.name else models.SIZES[size_name]
+        print(json.dumps({"peak_bytes": memory_child(case, side, size, device, dtype_name)}))
         return
+    parts = set(args.parts) - {part for part, off in (("memory", args.no_memory), ("switches", args.no_switches)) if off}
     dtypes = args.dtypes or ["fp32"] + (["bf16"] if device.type == "cuda" else [])
     modes = ["eager"] + (["compiled"] if args.compile else [])
     rows = []
     for size in sizes_for(args):
         log.info("size %s on %s: %s", size.name, device, size)
         for dtype_name in dtypes:
-            for mode in modes:
+            for mode in modes if "timing" in parts else []:
                 rows += [dict(r, name=f"{size.name}/{r['name']}") for r in timing_rows(size, device, dtype_name, mode, args)]
-            if not args.no_memory:
-                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in memory_rows(device, dtype_name, args)]
-        if not args.no_switches:
+            if "memory" in parts:
+                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in memory_rows(size, device, dtype_name)]
+        if "switches" in parts:
             rows += [dict(r, name=f"{size.name}/{r['name']}") for r in switch_rows(size, device, args)]
     print_table(rows)
     args.output.parent.mkdir(parents=True, exist_ok=True)

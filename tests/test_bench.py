@@ -56,12 +56,37 @@ def test_parity_check_refuses_different_networks():
 def test_memory_of_a_training_step_covers_weights_gradients_and_adam_state(side):
     size = bench_models.TINY
     params = sum(p.numel() * 4 for p in bench_models.build_unets(size)[0].parameters())  # fp32 bytes
-    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--device", "cpu",
-           "--memory-child", "unet_train_step", side, "fp32"]  # fmt: skip
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--device", "cpu",
+           "--memory-child", "unet_train_step", side, "fp32", size.name]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout
     peak = json.loads(out.strip().splitlines()[-1])["peak_bytes"]  # its own process, as bench.py measures it
     assert peak >= (2 + ADAM_STATES) * params  # weights + gradients + AdamW's two moments
     assert peak < 100 * params  # and not the whole process (torch alone is ~300 MB)
+
+
+def test_memory_rows_measure_each_size_in_its_own_child(monkeypatch):
+    """--size sd with two resolutions: each size's memory rows come from a child process of that size."""
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=json.dumps({"peak_bytes": 2**20}) + "\n")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    for size in (bench_models.SIZES["sd256"], bench_models.SIZES["sd512"]):
+        rows = bench.memory_rows(size, torch.device("cpu"), "bf16")
+        assert [r["ours"] for r in rows] == [1.0] * 3 and all(r["dtype"] == "bf16" for r in rows)
+    assert [cmd[-1] for cmd in calls] == ["sd256"] * 6 + ["sd512"] * 6  # 3 cases × 2 sides per size
+
+
+def test_parts_select_groups_of_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--parts", "switches", "--reps", "1",
+           "--iters", "1", "--warmup", "0", "--device", "cpu", "--output", str(out)]  # fmt: skip
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [r["name"] for r in json.loads(out.read_text())]
+    assert len(names) == 4 and all(n.startswith("tiny/switch:") for n in names)
 
 
 def test_flops_of_a_unet_step_are_about_three_forward_passes():
