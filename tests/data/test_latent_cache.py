@@ -4,11 +4,15 @@ loss for the same noise, refusal of another VAE's cache, resume after a kill, an
 from __future__ import annotations
 
 import functools
+import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from shard_helpers import good_sample
 from webdataset import TarWriter
 
@@ -24,10 +28,12 @@ from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.unet import UNet
+from tests.helpers import free_port
 
 RESOLUTION = 32
 NUM_SHARDS, PER_SHARD = 4, 3
 TOL = 1e-5
+WORLD = 2  # ranks of the multi-process precompute
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
@@ -154,6 +160,40 @@ def test_ranks_encode_disjoint_shares_of_the_shards(sources, tmp_path, text_enco
     assert not set(shares[0]) & set(shares[1])
     assert sorted(shares[0] + shares[1]) == sorted(Path(s).name for s in sources)
     assert shares[0] == [Path(sources[0]).name, Path(sources[2]).name]
+
+
+def _precompute_rank(rank: int, port: int, sources: list[str], out: str, text_encoder, records: str) -> None:
+    """One of WORLD precompute processes started together (a gloo barrier, as torchrun's ranks); it records
+    every shard it encodes in `records`/rank<r>.json."""
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    real, encoded = latent_writer._write_shard, []
+
+    def recorded(source, target, *args):
+        encoded.append([source, target.name])
+        return real(source, target, *args)
+
+    latent_writer._write_shard = recorded  # in this process only
+    dist.barrier()  # both ranks write the manifest and their shards at the same time
+    returned = write(sources, out, text_encoder, rank=rank, world_size=WORLD)
+    (Path(records) / f"rank{rank}.json").write_text(json.dumps({"encoded": encoded, "returned": returned}))
+    dist.destroy_process_group()
+
+
+def test_two_processes_encode_each_shard_once_on_its_own_rank(sources, tmp_path, text_encoder):
+    # fork: the ranks inherit the imported modules and the text encoder (spawn would re-import torch twice).
+    mp.start_processes(_precompute_rank, args=(free_port(), sources, str(tmp_path / "cache"), text_encoder,
+                                               str(tmp_path)), nprocs=WORLD, start_method="fork")  # fmt: skip
+    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    names = [Path(s).name for s in sources]
+    for rank, record in enumerate(records):
+        owned = [[s, Path(s).name] for i, s in enumerate(sources) if i % WORLD == rank]
+        assert record["encoded"] == owned  # its own shards, each once, none of the other rank's
+        assert record["returned"] == [name for _, name in owned]
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.tar")) == names
+    keys = [k for batch in cached_batches(tmp_path / "cache") for k in batch["key"]]
+    assert sorted(keys) == sorted(source_images(sources))  # every source sample once
 
 
 @pytest.mark.slow
