@@ -1,8 +1,10 @@
 """Write a latent + text-embedding cache (format: ldm_train/data/latents.py) from image-caption shards.
 
 One cache shard per source shard, with the same name, published atomically when complete: after a kill the
-finished shards are kept and a rerun redoes only the rest. Rank r of W encodes the source shards i with
-i mod W = r, so no shard is encoded twice. The manifest (VAE weight hash, resolution, the shard list) is
+finished shards are kept and a rerun redoes only the rest (first deleting the temporary file a killed process
+left for a shard it owns). A shard's bytes depend only on its samples' encodings (a fixed member timestamp, the
+same batches every run), so a resumed cache equals an uninterrupted one. Rank r of W encodes the source shards
+i with i mod W = r, so no shard is encoded twice. The manifest (VAE weight hash, resolution, the shard list) is
 written by every rank (same content) before any shard, and a rerun with another VAE is refused.
 """
 
@@ -31,9 +33,10 @@ from ldm_train.data.latents import (
     state_hash,
 )
 from ldm_train.data.samples import SampleDecoder
+from ldm_train.data.shards import TAR_MTIME
 from ldm_train.data.stream import SkipCounter, read_shard
 from ldm_train.data.transforms import ResizeCrop
-from ldm_train.files import atomic_write
+from ldm_train.files import atomic_write, temp_pattern
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,7 @@ def _write_shard(source: str, target: Path, decoder: SampleDecoder, first_stage:
     rng = np.random.default_rng(0)  # the decoder draws nothing without augmentation; required by its signature
 
     def write(tmp: Path) -> None:
-        with TarWriter(str(tmp)) as sink:
+        with TarWriter(str(tmp), mtime=TAR_MTIME) as sink:
             pending: list[dict] = []
 
             def flush() -> None:
@@ -133,7 +136,12 @@ def write_latent_cache(
     written = []
     for index, source in enumerate(sources):
         target = out_dir / Path(source).name
-        if index % world_size != rank or target.exists():  # another rank's, or finished before a kill
+        if index % world_size != rank:  # another rank's (its temporary file may be in use)
+            continue
+        for stale in out_dir.glob(temp_pattern(target)):  # left by a process killed while writing this shard
+            stale.unlink()
+            log.info("rank %d: removed %s (an unfinished write of %s)", rank, stale, target.name)
+        if target.exists():  # finished before a kill
             continue
         skipped = _write_shard(source, target, decoder, first_stage, text_encoder, batch_size, device)
         log.info("rank %d: %s -> %s (%d samples skipped)", rank, source, target, skipped)

@@ -3,9 +3,11 @@ loss for the same noise, refusal of another VAE's cache, resume after a kill, an
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,13 @@ from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.export import export_autoencoder, load_first_stage
 from ldm_train.conditioning import CLIPTextEncoder, write_tiny_clip
 from ldm_train.data import latent_writer
-from ldm_train.data.latents import LatentDataModule
+from ldm_train.data.latents import MANIFEST, LatentDataModule
 from ldm_train.data.samples import SampleDecoder
 from ldm_train.data.stream import SkipCounter, read_shard
 from ldm_train.data.transforms import ResizeCrop
 from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import NoiseSchedule
+from ldm_train.files import TEMP_SUFFIX, temp_pattern
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.unet import UNet
 from tests.helpers import compose_config, free_port
@@ -35,6 +38,8 @@ RESOLUTION = 32
 NUM_SHARDS, PER_SHARD = 4, 3
 TOL = 1e-5
 WORLD = 2  # ranks of the multi-process precompute
+BATCH = 2  # the precompute's batch size: PER_SHARD = 3 samples make two batches per shard
+BATCHES_PER_SHARD = -(-PER_SHARD // BATCH)
 
 
 def tiny_vae(seed: int = 0) -> AutoencoderKL:
@@ -66,7 +71,7 @@ def sources(tmp_path) -> list[str]:
 
 def write(sources, out, text_encoder, vae=None, **kwargs) -> list[str]:
     return latent_writer.write_latent_cache(sources, out, vae or tiny_vae(), text_encoder, RESOLUTION,
-                                            batch_size=2, **kwargs)  # fmt: skip
+                                            batch_size=BATCH, **kwargs)  # fmt: skip
 
 
 def cached_batches(cache: Path) -> list[dict]:
@@ -133,27 +138,59 @@ def test_a_cache_made_with_another_vae_or_text_encoder_is_refused(sources, tmp_p
         write(sources, tmp_path / "cache", other_text)
 
 
-def test_a_killed_run_keeps_finished_shards_and_a_rerun_does_the_rest(sources, tmp_path, text_encoder, monkeypatch):
-    real, calls = latent_writer._write_shard, []
+@pytest.fixture
+def one_thread():
+    """Encode on one thread, as a forked child does: the same float results, so the same shard bytes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
-    def dies_on_the_third_shard(*args, **kwargs):
-        calls.append(args[0])
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the kill, half-way through a shard
-        return real(*args, **kwargs)
 
-    monkeypatch.setattr(latent_writer, "_write_shard", dies_on_the_third_shard)
-    with pytest.raises(KeyboardInterrupt):
-        write(sources, tmp_path / "cache", text_encoder)
-    finished = sorted(p.name for p in (tmp_path / "cache").glob("*.tar"))
-    assert finished == [Path(s).name for s in sources[:2]]
+def _killed_half_way(sources: list[str], out: str, text_encoder, how: str) -> None:
+    """Precompute until the second batch of the third shard (its first batch is already in the shard's temporary
+    file), then die: SIGKILL (no cleanup runs) or an exception (e.g. a full disk)."""
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
+    real, calls = latent_writer._encode_batch, []
+
+    def encode(*args):
+        calls.append(args)
+        if len(calls) == 2 * BATCHES_PER_SHARD + 2:
+            if how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise OSError(errno.ENOSPC, "simulated: no space left on device")
+        return real(*args)
+
+    latent_writer._encode_batch = encode  # in this process only
+    write(sources, out, text_encoder)
+
+
+@pytest.mark.parametrize("how", ["sigkill", "exception"])
+def test_a_run_killed_half_way_through_a_shard_is_finished_by_a_rerun(how, sources, tmp_path, text_encoder,
+                                                                      one_thread):  # fmt: skip
+    cache, names = tmp_path / "cache", [Path(s).name for s in sources]
+    killed = mp.get_context("fork").Process(target=_killed_half_way, args=(sources, str(cache), text_encoder, how))
+    killed.start()
+    killed.join()
+    assert killed.exitcode == (-signal.SIGKILL if how == "sigkill" else 1)
+    assert sorted(p.name for p in cache.glob("*.tar")) == names[:2]  # the half-written third is not published
+    stale = list(cache.glob(temp_pattern(cache / names[2])))
+    assert len(stale) == (1 if how == "sigkill" else 0)  # an exception deletes its temporary file at once
     with pytest.raises(ValueError, match="unfinished: 2 of 4"):
-        LatentDataModule(str(tmp_path / "cache"), num_workers=0)
-    stamps = {name: (tmp_path / "cache" / name).stat().st_mtime_ns for name in finished}
-    monkeypatch.setattr(latent_writer, "_write_shard", real)
-    assert write(sources, tmp_path / "cache", text_encoder) == [Path(s).name for s in sources[2:]]
-    assert stamps == {name: (tmp_path / "cache" / name).stat().st_mtime_ns for name in finished}
-    assert sum(len(b["key"]) for b in cached_batches(tmp_path / "cache")) == NUM_SHARDS * PER_SHARD
+        LatentDataModule(str(cache), num_workers=0)
+    finished = {name: ((cache / name).read_bytes(), (cache / name).stat().st_mtime_ns) for name in names[:2]}
+    other_rank = cache / f".{names[3]}.0a1b2c3d{TEMP_SUFFIX}"  # rank 1's shard, maybe being written now
+    not_ours = cache / f".notes{TEMP_SUFFIX}"
+    for path in (other_rank, not_ours):
+        path.write_bytes(b"partial")
+    assert write(sources, cache, text_encoder, rank=0, world_size=WORLD) == [names[2]]
+    assert not list(cache.glob(temp_pattern(cache / names[2]))) and other_rank.exists() and not_ours.exists()
+    assert write(sources, cache, text_encoder, rank=1, world_size=WORLD) == [names[3]]
+    assert not other_rank.exists() and not_ours.exists()  # rank 1 removed its own; a file not ours stays
+    assert finished == {name: ((cache / name).read_bytes(), (cache / name).stat().st_mtime_ns) for name in names[:2]}
+    write(sources, tmp_path / "uninterrupted", text_encoder)
+    for name in [*names, MANIFEST]:
+        assert (cache / name).read_bytes() == (tmp_path / "uninterrupted" / name).read_bytes(), name
 
 
 def test_ranks_encode_disjoint_shares_of_the_shards(sources, tmp_path, text_encoder):
@@ -207,7 +244,7 @@ def test_the_script_writes_a_cache_that_data_latents_reads(sources, tmp_path, mo
     monkeypatch.setenv("WORLD_SIZE", str(WORLD))
     cache, script = tmp_path / "cache", load_script("precompute_latents")
     args = ["--shards", str(tmp_path / "src"), "--out", str(cache), "--resolution", str(RESOLUTION), "--batch-size",
-            "2", "--", *networks]  # fmt: skip
+            str(BATCH), "--", *networks]  # fmt: skip
     names = [Path(s).name for s in sources]
     for rank in reversed(range(WORLD)):
         monkeypatch.setenv("RANK", str(rank))
