@@ -7,6 +7,7 @@ import errno
 import functools
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -198,6 +199,27 @@ def test_ranks_encode_disjoint_shares_of_the_shards(sources, tmp_path, text_enco
     assert not set(shares[0]) & set(shares[1])
     assert sorted(shares[0] + shares[1]) == sorted(Path(s).name for s in sources)
     assert shares[0] == [Path(sources[0]).name, Path(sources[2]).name]
+
+
+def test_sources_that_share_a_file_name_get_distinct_cache_shards(sources, tmp_path, text_encoder):
+    other = tmp_path / "other" / Path(sources[0]).name  # shard-000000.tar in another folder, other samples
+    other.parent.mkdir()
+    with TarWriter(str(other)) as writer:
+        for index in range(PER_SHARD):
+            writer.write(good_sample(NUM_SHARDS, index, size=RESOLUTION))
+    both = [*sources, str(other)]
+    names = write(both, tmp_path / "cache", text_encoder)
+    assert names[1:NUM_SHARDS] == [Path(s).name for s in sources[1:]]  # unique file names are kept
+    assert all(re.fullmatch(r"shard-000000-[0-9a-f]{8}\.tar", n) for n in (names[0], names[-1]))
+    assert names[0] != names[-1] and sorted(p.name for p in (tmp_path / "cache").glob("*.tar")) == sorted(names)
+    keys = [k for batch in cached_batches(tmp_path / "cache") for k in batch["key"]]
+    assert sorted(keys) == sorted(source_images(both))  # neither shard-000000.tar overwrote or skipped the other
+    with pytest.raises(ValueError, match=f"{re.escape(sources[1])} is listed 2 times"):
+        write([*sources, sources[1]], tmp_path / "twice", text_encoder)
+    assert not (tmp_path / "twice").exists()  # refused before anything is written
+    clash = str(tmp_path / "third" / names[0])  # a file named like the first one's hashed name
+    with pytest.raises(ValueError, match=f"{re.escape(sources[0])} and {re.escape(clash)} would both be cached"):
+        latent_writer.cache_shard_names([*both, clash])
 
 
 def _precompute_rank(rank: int, port: int, sources: list[str], out: str, text_encoder, records: str) -> None:
