@@ -1,5 +1,7 @@
 """The latent + text-embedding cache: the same posterior and contexts as on-the-fly encoding, the same training
-loss for the same noise, refusal of another VAE's cache, resume after a kill, and the split over ranks."""
+loss for the same noise, refusal of another VAE's cache, resume after a kill half-way through a shard, the split
+over ranks (in one process and in two), sources that share a file name, and scripts/precompute_latents.py's
+command line read back through `data=latents`."""
 
 from __future__ import annotations
 
@@ -156,7 +158,7 @@ def _killed_half_way(sources: list[str], out: str, text_encoder, how: str) -> No
 
     def encode(*args):
         calls.append(args)
-        if len(calls) == 2 * BATCHES_PER_SHARD + 2:
+        if len(calls) == 2 * BATCHES_PER_SHARD + 2:  # two shards done, the third's first batch written
             if how == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise OSError(errno.ENOSPC, "simulated: no space left on device")
@@ -177,6 +179,7 @@ def test_a_run_killed_half_way_through_a_shard_is_finished_by_a_rerun(how, sourc
     assert sorted(p.name for p in cache.glob("*.tar")) == names[:2]  # the half-written third is not published
     stale = list(cache.glob(temp_pattern(cache / names[2])))
     assert len(stale) == (1 if how == "sigkill" else 0)  # an exception deletes its temporary file at once
+    assert all(path.stat().st_size > 0 for path in stale)  # it holds the samples written before the kill
     with pytest.raises(ValueError, match="unfinished: 2 of 4"):
         LatentDataModule(str(cache), num_workers=0)
     finished = {name: ((cache / name).read_bytes(), (cache / name).stat().st_mtime_ns) for name in names[:2]}
