@@ -40,7 +40,8 @@ def networks(overrides: list[str]) -> tuple[torch.nn.Module, torch.nn.Module]:
     return instantiate(cfg.first_stage), instantiate(cfg.text_encoder)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[str]:
+    """Returns the names of the cache shards this rank wrote."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", required=True, help="source shards: brace pattern, folder, or '::'-joined")
     parser.add_argument("--out", required=True, help="the cache folder (data.cache_dir)")
@@ -51,12 +52,13 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("overrides", nargs="*", help="training overrides choosing first_stage and text_encoder")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     first_stage, text_encoder = networks(args.overrides)
     written = write_latent_cache(expand_shards(args.shards), args.out, first_stage, text_encoder, args.resolution,
                                  args.batch_size, args.caption_key, args.rank, args.world_size, args.device)  # fmt: skip
     log.info("rank %d/%d wrote %d shards into %s", args.rank, args.world_size, len(written), args.out)
+    return written
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,13 @@ def run_train(args: list[str], root: Path, timeout: int = 600) -> subprocess.Com
     env = {**os.environ, "LDM_TRAIN_ROOT": str(root), "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "1"}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *without_evaluation(args)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on localhost that is free now: the rendezvous of a test's gloo process group."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_dirs(root: Path, stage: str) -> list[Path]:

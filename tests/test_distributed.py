@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from datetime import datetime
 from pathlib import Path
 
@@ -32,16 +31,10 @@ from ldm_train.evaluate_cli import main as evaluate_main
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.lit.latent_stats import estimate_latent_std
 from ldm_train.unet import UNet
-from tests.helpers import compose_config, read_metrics, run_dirs, run_train, series
+from tests.helpers import compose_config, free_port, read_metrics, run_dirs, run_train, series
 
 WORLD, B = 2, 3  # ranks, per-rank batch
 LR, CLIP = 1e-4, 1.0  # phase 2's AdamW and gradient clipping
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _unet() -> UNet:
@@ -97,7 +90,7 @@ def _rank_worker(rank: int, port: int, out_dir: str) -> None:
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ranks")
     # fork: the ranks inherit the imported modules (spawn would re-import torch, lightning, ... twice).
-    mp.start_processes(_rank_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="fork")
+    mp.start_processes(_rank_worker, args=(free_port(), str(out)), nprocs=WORLD, start_method="fork")
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -129,7 +122,7 @@ def test_latent_scale_and_validation_metrics_are_pooled_over_ranks(ranks):
 
 def test_torchrun_ranks_agree_on_one_run_stamp(monkeypatch):
     """Each torchrun rank proposes its own clock through the rendezvous store; the first one wins."""
-    port = _free_port()
+    port = free_port()
     agent_store = TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)  # torchrun's agent
     monkeypatch.delenv(distributed.RUN_STAMP_ENV, raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test-run")
@@ -301,7 +294,7 @@ def _fsdp_worker(rank: int, port: int, clip_dir: str, kwargs: dict, out_dir: str
 def test_fsdp_shards_the_unet_and_its_ema_alike_and_leaves_frozen_modules_out(tmp_path):
     write_tiny_clip(tmp_path / "clip")
     kwargs = dict(_fsdp_strategy(tmp_path).kwargs, sharding_strategy=ShardingStrategy.FULL_SHARD)
-    mp.start_processes(_fsdp_worker, args=(_free_port(), str(tmp_path / "clip"), kwargs, str(tmp_path)),
+    mp.start_processes(_fsdp_worker, args=(free_port(), str(tmp_path / "clip"), kwargs, str(tmp_path)),
                        nprocs=WORLD, start_method="fork")
     state = torch.load(tmp_path / "state.pt")
     assert not any(k.startswith(("first_stage.", "text_encoder.")) for k in state), "frozen modules saved"

@@ -17,7 +17,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 SHARD_DIGITS = 6
 # A fixed member timestamp makes shards byte-identical across runs on the same inputs.
-_MTIME = 0  # an int: a float mtime makes tarfile add a 1 KiB PAX header per member
+TAR_MTIME = 0  # an int: a float mtime makes tarfile add a 1 KiB PAX header per member
 
 
 def shard_pattern(prefix: str, num_shards: int) -> str:
@@ -44,7 +44,7 @@ class ShardWriter:
     def write(self, sample: dict) -> None:
         if self._writer is None or self._in_shard == self.samples_per_shard:
             self._finish_shard()
-            self._writer = TarWriter(str(self._temp_path(len(self.shards))), mtime=_MTIME)
+            self._writer = TarWriter(str(self._temp_path(len(self.shards))), mtime=TAR_MTIME)
             self._in_shard = 0
         self._writer.write(sample)
         self._in_shard += 1

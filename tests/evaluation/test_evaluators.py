@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from ldm_train.evaluation.results import count_label
 from ldm_train.evaluation.sharding import gather_rows, shard
 from ldm_train.metrics.fashion_data import fashion_mnist_tensors, to_model_range
 from ldm_train.metrics.fid import INCEPTION_NAME
+from tests.helpers import free_port
 
 WORLD = 2
 PER_PROMPT = 2  # 20 samples: 2 per class
@@ -35,12 +35,6 @@ def fake_sampler(prompts: list[str], seeds: list[int]) -> torch.Tensor:
 def evaluator() -> GenerationEvaluator:
     return GenerationEvaluator(RealReference(n=REFERENCE_N), per_prompt=PER_PROMPT, batch_size=3,
                                feature_batch_size=4, kid_subsets=10, grid_per_prompt=2)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_worker(rank: int, port: int, out_dir: str) -> None:
@@ -74,7 +68,7 @@ def single(assets):
 def ranks(assets, single, tmp_path_factory) -> list[dict]:
     cache_path(RealReference(n=REFERENCE_N), INCEPTION_NAME).unlink()  # the ranks compute it again, sharded
     out = tmp_path_factory.mktemp("ranks")
-    mp.start_processes(_rank_worker, args=(_free_port(), str(out)), nprocs=WORLD, start_method="fork")
+    mp.start_processes(_rank_worker, args=(free_port(), str(out)), nprocs=WORLD, start_method="fork")
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 

@@ -1,15 +1,12 @@
-"""Fixtures for the metric tests: no network, one shared FID Inception, scripts imported as modules."""
+"""Fixtures for the metric tests: no network, one shared FID Inception."""
 
-import importlib.util
 import socket
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from ldm_train.metrics.fid import InceptionV3Features
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 FASHION_MNIST_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
 
@@ -27,19 +24,6 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def inception() -> InceptionV3Features:
     return InceptionV3Features()
-
-
-@pytest.fixture
-def load_script():
-    """Import scripts/<name>.py as a module, so a test can call its main(argv)."""
-
-    def load(name: str) -> ModuleType:
-        spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-    return load
 
 
 @pytest.fixture
