@@ -3,7 +3,8 @@
 Outputs are checked to agree first; then each row alternates ours/theirs after warm-up and reports medians
 over repetitions. Rows: (a) UNet training step with a text context, (b) VAE training step (the plain
 reconstruction step on both sides; ours also with the full phase-1 loss), (c) 25-step DPM-Solver++ sampling
-with CFG, (d) peak memory (RSS of a child process on CPU, max_memory_allocated on GPU), and our speed switches
+with CFG, (d) peak memory (RSS of a child process on CPU, max_memory_allocated on GPU) and the activation
+memory autograd saves in one forward (exact, both devices), and our speed switches
 on vs off. fp32 everywhere, bf16 autocast rows on GPU (`--dtypes fp32 bf16` on a CPU with bf16 units);
 `--compile` adds rows with both sides compiled.
 Writes outputs/bench/bench.json: [{"name", "device", "dtype", "mode", "ours", "theirs", "unit", "ratio"}],
@@ -219,6 +220,10 @@ def switch_rows(size: models.BenchSize, device: torch.device, args) -> list[dict
     t_on, t_off = time_alternating(step_on, step_off, device, args)
     rows.append(row("switch:gradient_checkpointing (theirs = ours, switch off)", device, "fp32", "eager",
                     1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
+    saved_on, _ = models.unet_saved_activations(models.build_pair(checkpointed, device), torch.float32)
+    saved_off, _ = models.unet_saved_activations(models.build_pair(size, device), torch.float32)
+    rows.append(row("switch:gradient_checkpointing, saved activations (theirs = ours, switch off)", device, "fp32",
+                    "eager", saved_on / MIB, saved_off / MIB, "MiB"))  # fmt: skip
     return rows
 
 
@@ -260,6 +265,16 @@ def memory_rows(size: models.BenchSize, device: torch.device, dtype_name: str) -
             peaks[side] = json.loads(out.strip().splitlines()[-1])["peak_bytes"] / MIB
         rows.append(row(f"peak_memory:{case}", device, dtype_name, "eager", peaks["ours"], peaks["theirs"], "MiB"))
     return rows
+
+
+def saved_activation_rows(size: models.BenchSize, device: torch.device, dtype_name: str) -> list[dict]:
+    """Activation memory, exact: bytes autograd saves in one forward of the UNet and of the VAE (the part of
+    peak memory that the network's code decides; weights, gradients and AdamW's moments are equal on both sides)."""
+    pair, dtype = models.build_pair(size, device), DTYPES[dtype_name]
+    unet = models.unet_saved_activations(pair, dtype)
+    vae = models.vae_saved_activations(pair, dtype)
+    return [row(f"saved_activations:{case}", device, dtype_name, "eager", ours / MIB, theirs / MIB, "MiB")
+            for case, (ours, theirs) in (("unet_train_step", unet), ("vae_train_step_plain", vae))]  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:
@@ -319,7 +334,8 @@ def main() -> None:
             for mode in modes if "timing" in parts else []:
                 rows += [dict(r, name=f"{size.name}/{r['name']}") for r in timing_rows(size, device, dtype_name, mode, args)]
             if "memory" in parts:
-                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in memory_rows(size, device, dtype_name)]
+                memory = memory_rows(size, device, dtype_name) + saved_activation_rows(size, device, dtype_name)
+                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in memory]
         if "switches" in parts:
             rows += [dict(r, name=f"{size.name}/{r['name']}") for r in switch_rows(size, device, args)]
     print_table(rows)

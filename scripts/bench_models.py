@@ -355,3 +355,43 @@ def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module,
         their_opt.step()
 
     return (lambda: ours({"image": images, "caption": captions()})), theirs, (lambda: ours(cached))
+
+
+# -- (e) activation memory: what autograd keeps for backward --------------------------------------------------
+def saved_activation_bytes(net: nn.Module, forward: Callable[[], torch.Tensor]) -> int:
+    """Bytes autograd saves for backward during `forward()`, the network's parameters left out: the activation
+    memory of a training step, exact and independent of the allocator (torch.autograd.graph.saved_tensors_hooks
+    sees every saved tensor; a storage saved twice counts once). Under autocast the bf16 weight copies count."""
+    parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = forward()  # held until counted: the saved tensors live as long as its graph
+    del output
+    return sum(storages.values())
+
+
+def unet_saved_activations(pair: Pair, dtype: torch.dtype) -> tuple[int, int]:
+    """(ours, theirs): bytes saved for backward by one UNet forward of the training batch."""
+    x, t, ctx = pair.inputs["z"], pair.inputs["t"], pair.inputs["context"]
+    with autocast(pair.device, dtype):
+        ours = saved_activation_bytes(pair.unet, lambda: pair.unet(x, t, ctx))
+        theirs = saved_activation_bytes(pair.their_unet, lambda: pair.their_unet(x, t, encoder_hidden_states=ctx).sample)
+    return ours, theirs
+
+
+def vae_saved_activations(pair: Pair, dtype: torch.dtype) -> tuple[int, int]:
+    """(ours, theirs): bytes saved for backward by one VAE forward (encode, posterior sample, decode)."""
+    x = pair.inputs["image"]
+
+    def theirs() -> torch.Tensor:
+        return pair.their_vae.decode(pair.their_vae.encode(x).latent_dist.sample()).sample
+
+    with autocast(pair.device, dtype):
+        return saved_activation_bytes(pair.vae, lambda: pair.vae(x)[0]), saved_activation_bytes(pair.their_vae, theirs)

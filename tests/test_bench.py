@@ -1,5 +1,6 @@
 """scripts/bench.py at a tiny size: the JSON rows' format and meaning, and the memory measurement of one side."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -87,6 +88,27 @@ def test_parts_select_groups_of_rows(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     names = [r["name"] for r in json.loads(out.read_text())]
     assert len(names) == 4 and all(n.startswith("tiny/switch:") for n in names)
+
+
+def test_saved_activations_count_what_autograd_keeps_for_backward():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+    x = torch.randn(16, 4)
+    # Linear saves its input (16×4 fp32; its weight is a parameter, left out), ReLU its output (16×8 fp32).
+    assert bench_models.saved_activation_bytes(net, lambda: net(x)) == (16 * 4 + 16 * 8) * 4
+    with torch.no_grad():
+        assert bench_models.saved_activation_bytes(net, lambda: net(x)) == 0
+
+
+def test_our_unet_saves_what_diffusers_saves_and_checkpointing_saves_most_of_it():
+    size, cpu = bench_models.TINY, torch.device("cpu")
+    rows = {r["name"]: r for r in bench.saved_activation_rows(size, cpu, "fp32")}
+    unet, vae = rows["saved_activations:unet_train_step"], rows["saved_activations:vae_train_step_plain"]
+    assert unet["ours"] > 0 and unet["ratio"] == 1.0  # the same network: the same tensors saved
+    assert 0 < vae["ours"] <= vae["theirs"]
+    checkpointed = bench_models.build_pair(dataclasses.replace(size, unet={**size.unet, "gradient_checkpointing": True}), cpu)
+    saved_on, _ = bench_models.unet_saved_activations(checkpointed, torch.float32)
+    assert saved_on < 0.25 * unet["ours"] * bench.MIB
 
 
 def test_flops_of_a_unet_step_are_about_three_forward_passes():
