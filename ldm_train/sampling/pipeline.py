@@ -32,6 +32,7 @@ from ldm_train.sampling.denoiser import Denoiser, FlowDenoiser
 from ldm_train.sampling.grid import FLOW_SPACINGS, FinalSigma, Spacing, flow_sigmas, make_sigmas
 from ldm_train.sampling.samplers import FLOW_SAMPLERS, get_sampler
 from ldm_train.sampling.seeds import PerImageNoise, initial_latents
+from ldm_train.speed import full_precision
 
 SamplerName = Literal["ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m"]
 
@@ -186,4 +187,5 @@ class LatentDiffusionPipeline:
         uncond = self.text_encoder([""]) if sampler.guidance_scale != 1.0 and guide_unet is None else None
         z = sampler(self.unet, self.schedule, self.prediction, context, uncond, self.latent_shape, seeds,
                     guide_fn=guide_unet)
-        return self.first_stage.decode_latents(z).clamp(-1, 1)
+        with full_precision(z.device.type):  # the VAE decodes in fp32 also under bf16 autocast (speed.py)
+            return self.first_stage.decode_latents(z.float()).clamp(-1, 1)

@@ -214,3 +214,26 @@ def test_load_autoguide_takes_a_compatible_checkpoint_only(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), guide.state_dict().values()))
     with pytest.raises(ValueError, match="latent space, objective and text encoder"):
         pipe.load_autoguide(tmp_path / "vp.ckpt")
+
+
+class _AutocastRecordingDecoder(nn.Module):
+    """A VAE decoder stub that records whether bf16 autocast was on when it decoded, and the latents' dtype."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bool, torch.dtype]] = []
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls.append((torch.is_autocast_enabled("cpu"), z.dtype))
+        return z[:, :3]
+
+
+def test_generate_decodes_in_fp32_under_bf16_autocast(toy_unet):
+    """Lightning runs validation sampling inside the precision plugin's autocast: the UNet may run in bf16, the VAE
+    decodes in fp32 (bf16/fp16 VAEs give NaNs and banding), as phase 2's encode does."""
+    schedule = NoiseSchedule.scaled_linear()
+    decoder = _AutocastRecordingDecoder()
+    pipeline = LatentDiffusionPipeline(toy_unet(schedule, "v"), _TextStub(), decoder, schedule, "v", SHAPE)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = pipeline.generate(["a bag", "a sneaker"], GuidedSampler("euler", 4, 2.0), SEEDS)
+    assert decoder.calls == [(False, torch.float32)] and images.dtype == torch.float32
