@@ -1,6 +1,7 @@
 """Each speed switch (ldm_train/speed.py, README "Speed switches"): it takes effect (NHWC weights, the optimizer's
 kernel, fewer stored activations, an fp32 VAE under autocast), and the loss after a few steps with and without it
-agrees within a stated tolerance (tiny networks, CPU); the gradient norm is computed once per step."""
+agrees within a stated tolerance (tiny networks, CPU); the gradient norm is computed once per step, and a compiled
+UNet compiles once per batch shape, not per step."""
 
 from __future__ import annotations
 
@@ -214,6 +215,41 @@ def test_compile_wraps_the_training_unet_in_place(text_encoder):
     assert module.unet._compiled_call_impl is not None
     assert module.ema is None or module.ema.shadow._compiled_call_impl is None
     assert set(module.unet.state_dict()) == set(make_module(text_encoder).unet.state_dict())  # no _orig_mod.
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_compiled_unet_compiles_once_for_steps_of_one_shape(text_encoder, monkeypatch):
+    """prepare_module's settings (dynamic=False) with a backend that counts the graphs it is given (inductor would
+    take minutes on this CPU): later training steps of the first step's shape compile nothing (new timesteps,
+    noise and weights are values, not shapes); a smaller last batch compiles once more, then both are cached."""
+    graphs = []
+
+    def counting_backend(graph: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        graphs.append(graph)
+        return graph.forward
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: compile_(*args, **{**kwargs, "backend": counting_backend}))
+    torch._dynamo.reset()
+    module = make_module(text_encoder, compile=True).train()
+    optimizer = module.configure_optimizers()
+
+    def graphs_after_step(batch_size: int) -> int:
+        batch = {"image": BATCH["image"][:batch_size], "caption": BATCH["caption"][:batch_size]}
+        module.training_step(batch, 0).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return len(graphs)
+
+    try:
+        first = graphs_after_step(4)
+        assert first >= 1  # it did compile
+        assert [graphs_after_step(4) for _ in range(STEPS)] == [first] * STEPS
+        partial = graphs_after_step(3)
+        assert partial == 2 * first  # the same graphs once more, for the new batch size
+        assert [graphs_after_step(4), graphs_after_step(3)] == [partial, partial]
+    finally:
+        torch._dynamo.reset()
 
 
 @pytest.mark.gpu
