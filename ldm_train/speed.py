@@ -41,8 +41,11 @@ def prepare_module(module: nn.Module, settings: SpeedSettings) -> nn.Module:
     """Apply the memory format and compilation in place; returns `module` (same object, same parameters).
 
     `nn.Module.compile` wraps only `forward`, so the state dict, the optimizer's parameters and the EMA copy
-    are untouched. `dynamic=False`: shapes are kept fixed by the data (a fixed resolution, and the loaders
-    drop the last incomplete batch), so one graph serves the whole run; a new shape would recompile.
+    are untouched. `dynamic=False`: one graph per input shape, compiled at its first call and reused after
+    (steps of one shape never recompile: tests/test_speed_switches.py). The data keeps shapes fixed with a fixed
+    resolution and fixed-length epochs (`data.samples_per_epoch`: every training batch is full); a single exact
+    pass (no `samples_per_epoch`) ends with up to one partial batch per loader worker, and each new batch size
+    compiles once more.
     """
     if settings.channels_last:
         module.to(memory_format=torch.channels_last)

@@ -32,7 +32,7 @@ from pathlib import Path
 import bench_models as models
 import torch
 
-from ldm_train.speed import SpeedSettings
+from ldm_train.speed import SpeedSettings, prepare_module
 
 log = logging.getLogger("bench")
 OUTPUT = Path("outputs/bench/bench.json")
@@ -52,6 +52,13 @@ def default_speed(device: torch.device) -> SpeedSettings:
     """Our defaults as the configs set them (README "Speed switches"): fused AdamW; channels-last and compile
     off (their rows are the switch rows and --compile)."""
     return SpeedSettings(adamw="fused")
+
+
+def compile_theirs(speed: SpeedSettings, *nets: torch.nn.Module) -> None:
+    """Their networks compiled as ours are when `speed.compile` is on (prepare_module: in place, dynamic=False,
+    the same mode), so a compiled row compares compiled with compiled; eager: nothing."""
+    for net in nets:
+        prepare_module(net, SpeedSettings(compile=speed.compile, compile_mode=speed.compile_mode))
 
 
 def sync(device: torch.device) -> None:
@@ -98,9 +105,7 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
     ours_sample, their_sample = models.sampling_runs(pair, dtype)
     if dtype == torch.float32:  # bf16 trajectories drift apart by design; fp32 must agree
         models._assert_close("sampled images", ours_sample(), their_sample(), args.sample_atol)
-    if mode == "compiled":
-        for net in (pair.their_unet, pair.their_vae):
-            net.compile(dynamic=False)
+    compile_theirs(speed, pair.their_unet, pair.their_vae)
     ours, theirs = models.unet_steps(pair, speed, dtype)
     t_ours, t_theirs = time_alternating(ours, theirs, device, args)
     rows.append(row("unet_train_step", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
@@ -128,13 +133,15 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
 def phase2_rows(size, device, dtype_name, mode, speed, args) -> list[dict]:
     """(d) whole phase-2 steps (fp32 only: phase 2's frozen VAE stays fp32): ours vs theirs on the fly, and
     ours from the latent cache vs ours on the fly (the cache's gain), with Fashion-MNIST's ten repeated class
-    captions and with a new caption per image. Needs a text encoder of the UNet's width."""
+    captions and with a new caption per image. Needs a text encoder of the UNet's width. Compiled mode compiles
+    both UNets; both VAE encoders stay eager (phase 2 compiles only the UNet)."""
     text_encoder = text_encoder_for(size)
     if text_encoder is None or dtype_name != "fp32":
         return []
     rows = []
     for fresh, captions in ((False, "10 class captions"), (True, "a new caption per image")):
         pair = models.build_pair(size, device)
+        compile_theirs(speed, pair.their_unet)  # ours: by phase2_steps, as LatentDiffusionModule runs it
         ours_fly, theirs_fly, ours_cache = models.phase2_steps(pair, speed, text_encoder.to(device), fresh)
         t_ours, t_theirs = time_alternating(ours_fly, theirs_fly, device, args)
         t_cache, t_fly = time_alternating(ours_cache, ours_fly, device, args)

@@ -114,6 +114,7 @@ CASES = [
     case("cond_drop_ldm", [*LDM, "module.cond_drop_prob=2.0"], "module.cond_drop_prob", "2.0", "< 1"),
     case("ema_decay_ldm", [*LDM, "module.ema_decay=1.5"], "module.ema_decay", "1.5"),
     case("workers_negative", ["data.num_workers=-1"], "data.num_workers", "-1", ">= 0"),
+    case("prefetch_zero", ["data.prefetch_factor=0"], "data.prefetch_factor", "got 0", ">= 1"),
     case("disc_weight_negative", ["module.loss.disc_weight=-0.5"], "module.loss.disc_weight", "-0.5"),
     case("dropout_one", ["autoencoder.dropout=1.0"], "autoencoder.dropout", "1.0", "< 1"),
     case("unet_width_zero", [*LDM, "unet.model_channels=0"], "unet.model_channels", "got 0"),

@@ -1,18 +1,21 @@
-"""Shared test helpers: compose the real configs, run train.py in a subprocess."""
+"""Shared test helpers: compose the real configs, run train.py in a subprocess, count forward calls per step."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from torch import nn
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = str(REPO / "ldm_train" / "configs")
@@ -106,3 +109,22 @@ def compose_option(stage: str, group: str, option: str, root: Path) -> DictConfi
     """The config of `stage` with `group=option` (and the values that option leaves to the user)."""
     base = [o for o in STAGE_BASE[stage] if o.split("=")[0] != group]
     return compose_config([f"stage={stage}", *base, f"{group}={option}", *OPTION_NEEDS.get((group, option), [])], root)
+
+
+class ForwardCalls(L.Callback):
+    """How often each named submodule ran forward during each training batch: `per_batch[i][name]`."""
+
+    def __init__(self, **modules: nn.Module) -> None:
+        self.per_batch: list[dict[str, int]] = []
+        self._counts = dict.fromkeys(modules, 0)
+        for name, module in modules.items():
+            module.register_forward_hook(functools.partial(self._count, name))
+
+    def _count(self, name: str, *hook_args) -> None:
+        self._counts[name] += 1
+
+    def on_train_batch_start(self, *args) -> None:
+        self._counts = dict.fromkeys(self._counts, 0)
+
+    def on_train_batch_end(self, *args) -> None:
+        self.per_batch.append(dict(self._counts))

@@ -1,9 +1,11 @@
-"""scripts/bench.py at a tiny size: the JSON rows' format and meaning, and the memory measurement of one side."""
+"""scripts/bench.py at a tiny size: the JSON rows' format and meaning, the memory measurement of one side, and
+both sides compiled alike in compiled mode."""
 
 import dataclasses
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,24 @@ def test_phase2_rows_encode_text_per_step_only_with_fresh_captions(fresh):
     seen = len(encoder.encoded)
     theirs_fly()  # diffusers' script encodes every step's captions
     assert len(encoder.encoded) - seen == size.unet_batch
+
+
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_phase2_rows_compile_both_unets_or_neither(mode, monkeypatch):
+    """A compiled phase-2 row is ours compiled vs theirs compiled (UNets; both VAE encoders eager), not vs eager.
+    Nothing runs: the timing is replaced, and torch.compile compiles at the first call."""
+    cpu = torch.device("cpu")
+    speed = replace(bench.default_speed(cpu), compile=mode == "compiled")
+    pairs = []
+    steps = bench_models.phase2_steps
+    monkeypatch.setattr(bench_models, "phase2_steps", lambda pair, *args: pairs.append(pair) or steps(pair, *args))
+    monkeypatch.setattr(bench, "text_encoder_for", CountingTextEncoder)
+    monkeypatch.setattr(bench, "time_alternating", lambda ours, theirs, device, args: (1.0, 1.0))
+    rows = bench.phase2_rows(bench_models.TINY, cpu, "fp32", mode, speed, args=None)
+    assert len(rows) == 4 and {r["mode"] for r in rows} == {mode} and len(pairs) == 2
+    for pair in pairs:
+        compiled = {net: getattr(pair, net)._compiled_call_impl is not None
+                    for net in ("unet", "their_unet", "their_vae")}  # fmt: skip
+        compiled["vae"] = pair.vae.encoder._compiled_call_impl is not None  # AutoencoderKL.compile: its parts
+        assert compiled == {"unet": mode == "compiled", "their_unet": mode == "compiled", "their_vae": False,
+                            "vae": False}  # fmt: skip

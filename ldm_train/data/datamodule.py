@@ -51,6 +51,8 @@ class WebDatasetDataModule(L.LightningDataModule):
     joined with "::", a directory of .tar files, or pipe:/http(s) URLs ("pipe:aws s3 cp s3://b/x.tar -").
 
     caption_key: "txt" or "json:<field>" (None: empty captions); label_key: e.g. "json:label".
+    pin_memory: batches in pinned host memory, only when CUDA is available (elsewhere it would only cost);
+    prefetch_factor: batches each worker prepares ahead (ignored with num_workers=0).
     rank/world_size are only used without a Trainer (tests, scripts); under a Trainer they come
     from `trainer.global_rank` / `trainer.world_size` in `setup`.
     """

@@ -194,6 +194,7 @@ class FashionMNISTDataModule(WebDatasetDataModule):
         seed: NonNegativeInt = 0,
         persistent_workers: bool = True,
         pin_memory: bool = True,
+        prefetch_factor: PositiveInt = 2,
         rank: NonNegativeInt = 0,
         world_size: PositiveInt = 1,
     ):
@@ -214,6 +215,7 @@ class FashionMNISTDataModule(WebDatasetDataModule):
             seed=seed,
             persistent_workers=persistent_workers,
             pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor,
             rank=rank,
             world_size=world_size,
         )

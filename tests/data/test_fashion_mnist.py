@@ -142,8 +142,9 @@ def test_bad_idx_files_are_rejected(tmp_path):
 def test_datamodule_batches_carry_labels_matching_captions(tmp_path, source):
     datamodule = FashionMNISTDataModule(
         str(tmp_path / "data"), batch_size=4, num_workers=0, max_train_samples=20, max_val_samples=7,
-        samples_per_shard=5, source_dir=str(tmp_path),
+        samples_per_shard=5, source_dir=str(tmp_path), pin_memory=False, prefetch_factor=3,
     )  # fmt: skip
+    assert (datamodule.pin_memory, datamodule.prefetch_factor) == (False, 3)  # the loader settings reach the base
     # Built with its real shards and epoch length (the shards are written first), not filled in by setup().
     assert datamodule.train_shards.endswith("train-{000000..000003}.tar") and datamodule.samples_per_epoch == 20
     assert datamodule.val_shards.endswith("test-{000000..000001}.tar")

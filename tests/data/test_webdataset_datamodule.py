@@ -157,3 +157,19 @@ def test_every_train_sample_arrives_once_per_single_pass_epoch(shards):
     datamodule.setup("fit")
     captions = [c for batch in datamodule.train_dataloader() for c in batch["caption"]]
     assert sorted(captions) == sorted(all_captions(8, 6))
+
+
+@pytest.mark.parametrize("cuda", [False, True], ids=["no_cuda", "cuda"])
+def test_loaders_pin_memory_only_with_cuda_and_prefetch_as_configured(shards, monkeypatch, cuda):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)  # the loader is built, never iterated
+    datamodule = WebDatasetDataModule(shards, val_shards=shards, batch_size=4, resolution=8, num_workers=2,
+                                      pin_memory=True, prefetch_factor=5)  # fmt: skip
+    datamodule.setup("fit")
+    for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()):
+        assert (loader.pin_memory, loader.prefetch_factor, loader.num_workers) == (cuda, 5, 2)
+    unpinned = WebDatasetDataModule(shards, batch_size=4, resolution=8, num_workers=2, pin_memory=False)
+    unpinned.setup("fit")
+    assert (unpinned.train_dataloader().pin_memory, unpinned.train_dataloader().prefetch_factor) == (False, 2)
+    in_process = WebDatasetDataModule(shards, batch_size=4, resolution=8, num_workers=0, prefetch_factor=5)
+    in_process.setup("fit")
+    assert in_process.train_dataloader().prefetch_factor is None  # DataLoader refuses it without workers

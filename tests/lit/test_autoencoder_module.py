@@ -1,5 +1,6 @@
 """The phase-1 module's optimisation set-up: the LR scheduler its config builds (none for a constant LR),
-and resuming a checkpoint written with the identity scheduler that a constant LR used to build."""
+resuming a checkpoint written with the identity scheduler that a constant LR used to build, and one encoder and
+one decoder pass per step for both optimizers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from ldm_train.autoencoder.autoencoder_kl import AutoencoderKL
 from ldm_train.autoencoder.losses import AutoencoderLoss
 from ldm_train.autoencoder.patchgan import NLayerDiscriminator
 from ldm_train.lit.autoencoder import AutoencoderModule
-from tests.helpers import compose_config
+from tests.helpers import ForwardCalls, compose_config
 
 RESOLUTION = 16
 MAX_STEPS = 10
@@ -74,3 +75,17 @@ def test_a_checkpoint_with_the_old_identity_scheduler_resumes(tmp_path):
     trainer.fit(new, DataLoader(images, batch_size=4), ckpt_path=ckpt)
     assert trainer.global_step == 4 and new.lr_schedulers() is None
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([4.5e-4, 4.5e-4])
+
+
+def test_a_step_runs_the_encoder_and_decoder_once_for_both_optimizers(tmp_path):
+    """Step 0 trains the autoencoder alone, step 1 (disc_start=1) both: still one encoder and one decoder pass;
+    the discriminator sees the reconstruction once for the generator loss, then real and detached fake once each."""
+    module = make_module([], tmp_path)
+    calls = ForwardCalls(encoder=module.autoencoder.encoder, decoder=module.autoencoder.decoder,
+                         discriminator=module.loss.discriminator)  # fmt: skip
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.callbacks.append(calls)
+    trainer.fit(module, DataLoader([{"image": torch.rand(3, RESOLUTION, RESOLUTION) * 2 - 1} for _ in range(8)],
+                                   batch_size=4))  # fmt: skip
+    assert calls.per_batch == [{"encoder": 1, "decoder": 1, "discriminator": 0},
+                               {"encoder": 1, "decoder": 1, "discriminator": 3}]  # fmt: skip

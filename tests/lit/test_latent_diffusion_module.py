@@ -1,4 +1,5 @@
-"""The phase-2 module's own logic: caption dropout, what is trained and saved, start-up checks."""
+"""The phase-2 module's own logic: caption dropout, what is trained and saved, start-up checks, one VAE encode
+and at most one text-encoder call per step."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
 from ldm_train.lit.lr_schedules import warmup_constant
 from ldm_train.unet import UNet
+from tests.helpers import ForwardCalls
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +95,18 @@ def test_duplicate_captions_are_encoded_once_with_the_same_result(text_encoder):
     handle.remove()
     assert calls == [3]
     assert torch.allclose(deduped, module.text_encoder(captions), atol=1e-6)
+
+
+def test_a_step_encodes_its_batch_once(text_encoder, tmp_path):
+    """One VAE encoder pass and one UNet pass per step, no decoder; the text encoder runs once for a batch's new
+    captions (repeats inside it encoded once) and not at all when all of them are cached."""
+    module = make_module(text_encoder, cond_drop_prob=0.0)
+    calls = ForwardCalls(vae_encoder=module.first_stage.encoder, vae_decoder=module.first_stage.decoder,
+                         text_encoder=module.text_encoder, unet=module.unet)  # fmt: skip
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "caption": ["a bag", "a coat", "a bag", "a shirt"]}
+    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, callbacks=[calls],
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader([batch, batch], batch_size=None))
+    assert calls.per_batch == [{"vae_encoder": 1, "vae_decoder": 0, "text_encoder": 1, "unet": 1},
+                               {"vae_encoder": 1, "vae_decoder": 0, "text_encoder": 0, "unet": 1}]  # fmt: skip
