@@ -32,6 +32,7 @@ from ldm_train.evaluation.reference import RealReference
 from ldm_train.evaluation.results import EvaluationResult, count_label
 from ldm_train.files import atomic_write
 from ldm_train.runs import find_checkpoint, run_of_checkpoint
+from ldm_train.speed import default_device
 from ldm_train.text_to_image import TextToImage, to_pil
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class EvaluateArgs:
     batch_size: int = 100
     save_samples: bool = True  # phase 2: the PNGs and manifest.jsonl
     out_dir: str | None = None
-    device: str = "auto"
+    device: str = "auto"  # auto: the accelerator when there is one (ldm_train.speed.default_device), else the CPU
     log_dir: str = "outputs"
 
 
@@ -76,7 +77,7 @@ def run_record(ckpt_path: Path) -> tuple[str, dict, int]:
 
 
 def evaluate(args: EvaluateArgs) -> tuple[EvaluationResult, Path]:
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = default_device() if args.device == "auto" else args.device
     ckpt_path = find_checkpoint(args.ckpt, stage=args.stage, log_dir=args.log_dir)
     run_dir = run_of_checkpoint(ckpt_path)
     stage, config, checkpoint_step = run_record(ckpt_path)

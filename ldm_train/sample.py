@@ -19,6 +19,7 @@ import torchvision
 from omegaconf import OmegaConf
 from rich.progress import Progress
 
+from ldm_train.speed import default_device
 from ldm_train.text_to_image import TextToImage, to_pil
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class SampleArgs:
     seed: int = 0
     batch_size: int = 64
     out_dir: str = "samples"
-    device: str = "auto"
+    device: str = "auto"  # auto: the accelerator when there is one (ldm_train.speed.default_device), else the CPU
     log_dir: str = "outputs"
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     """Samples as `argv` (else sys.argv) says; returns None, the exit status of the `ldm-sample` script."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = default_device() if args.device == "auto" else args.device
     ckpt = args.ckpt
     pipe = TextToImage.from_checkpoint(ckpt if ckpt != "latest" else "latest", device=device, log_dir=args.log_dir)
     guide = pipe.load_autoguide(args.autoguide, log_dir=args.log_dir) if args.autoguide else None

@@ -1,5 +1,5 @@
 """Speed switches shared by both phases and scripts/bench.py: memory format, torch.compile, the AdamW
-implementation, and keeping the frozen VAE in fp32 under autocast.
+implementation, and keeping the frozen VAE in fp32 under autocast; and the device the commands pick by default.
 
 Each switch is a config flag (README "Speed switches"); tests/test_speed_switches.py checks that the loss
 after a few steps with and without it agrees within a stated tolerance.
@@ -88,3 +88,13 @@ def full_precision(device_type: str):
     if torch.is_autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return nullcontext()
+
+
+def default_device(local_rank: int = 0) -> torch.device:
+    """The machine's accelerator when there is one (CUDA or ROCm, MPS, XPU: `torch.accelerator`), else the CPU;
+    on a node of several devices the one of this process's `local_rank` (torchrun's LOCAL_RANK). What
+    `--device auto` means for sampling, evaluation, the latent cache and the bench."""
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
+    if accelerator is None:
+        return torch.device("cpu")
+    return torch.device(accelerator.type, local_rank % torch.accelerator.device_count())

@@ -32,7 +32,7 @@ from pathlib import Path
 import bench_models as models
 import torch
 
-from ldm_train.speed import SpeedSettings, prepare_module
+from ldm_train.speed import SpeedSettings, default_device, prepare_module
 
 log = logging.getLogger("bench")
 OUTPUT = Path("outputs/bench/bench.json")
@@ -105,6 +105,8 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
     ours_sample, their_sample = models.sampling_runs(pair, dtype)
     if dtype == torch.float32:  # bf16 trajectories drift apart by design; fp32 must agree
         models._assert_close("sampled images", ours_sample(), their_sample(), args.sample_atol)
+    # FLOPs counted on our eager UNet, before compilation (a compiled graph hides its ops from the counter).
+    flops = unet_step_flops(pair, dtype) if device.type == "cuda" else None
     compile_theirs(speed, pair.their_unet, pair.their_vae)
     ours, theirs = models.unet_steps(pair, speed, dtype)
     t_ours, t_theirs = time_alternating(ours, theirs, device, args)
@@ -112,7 +114,7 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
     if device.type == "cuda":
         ips = size.unet_batch / t_ours, size.unet_batch / t_theirs
         rows.append(row("unet_train_images_per_s", device, dtype_name, mode, *ips, "images/s", True))
-        rows += mfu_rows(pair, size, device, dtype_name, mode, t_ours, t_theirs)
+        rows += mfu_rows(flops, device, dtype_name, mode, t_ours, t_theirs)
     ours, theirs = models.vae_plain_steps(pair, speed, dtype)
     t_ours, t_theirs = time_alternating(ours, theirs, device, args)
     rows.append(row("vae_train_step_plain", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
@@ -183,15 +185,14 @@ def perceptual_module() -> torch.nn.Module | None:
         return None
 
 
-def mfu_rows(pair, size, device, dtype_name, mode, t_ours, t_theirs) -> list[dict]:
-    """Model FLOP utilisation of the UNet step: FLOPs of forward + backward counted on our network by
-    torch.utils.flop_counter (the optimizer's few FLOPs left out), divided by time and the device's peak."""
+def mfu_rows(flops, device, dtype_name, mode, t_ours, t_theirs) -> list[dict]:
+    """Model FLOP utilisation of the UNet step: `flops` of forward + backward (`unet_step_flops`, the optimizer's
+    few FLOPs left out), divided by time and the device's peak."""
     name = torch.cuda.get_device_name(device)
     peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
     if peak is None or dtype_name != "bf16":
         log.info("MFU: no bf16 peak for %r in PEAK_BF16_FLOPS (or not a bf16 row); not reported", name)
         return []
-    flops = unet_step_flops(pair, torch.bfloat16)
     log.info("MFU against %s's dense bf16 peak %.0f TFLOP/s; %.3g FLOP per step", name, peak / 1e12, flops)
     return [row(f"unet_train_mfu[{name}]", device, dtype_name, mode, flops / t_ours / peak,
                 flops / t_theirs / peak, "fraction of peak", True)]  # fmt: skip
@@ -215,20 +216,20 @@ def switch_rows(size: models.BenchSize, device: torch.device, args) -> list[dict
                 "adamw_foreach": replace(base, adamw="foreach")}  # fmt: skip
     rows = []
     for switch, speed in switches.items():
-        on, off = models.build_pair(size, device), models.build_pair(size, device)
+        on, off = models.build_pair(size, device, "ours"), models.build_pair(size, device, "ours")
         step_on, _ = models.unet_steps(on, speed, torch.float32)
         step_off, _ = models.unet_steps(off, base, torch.float32)
         t_on, t_off = time_alternating(step_on, step_off, device, args)
         rows.append(row(f"switch:{switch} (theirs = ours, switch off)", device, "fp32", "eager",
                         1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
     checkpointed = replace(size, unet={**size.unet, "gradient_checkpointing": True})
-    step_on, _ = models.unet_steps(models.build_pair(checkpointed, device), base, torch.float32)
-    step_off, _ = models.unet_steps(models.build_pair(size, device), base, torch.float32)
+    step_on, _ = models.unet_steps(models.build_pair(checkpointed, device, "ours"), base, torch.float32)
+    step_off, _ = models.unet_steps(models.build_pair(size, device, "ours"), base, torch.float32)
     t_on, t_off = time_alternating(step_on, step_off, device, args)
     rows.append(row("switch:gradient_checkpointing (theirs = ours, switch off)", device, "fp32", "eager",
                     1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
-    saved_on, _ = models.unet_saved_activations(models.build_pair(checkpointed, device), torch.float32)
-    saved_off, _ = models.unet_saved_activations(models.build_pair(size, device), torch.float32)
+    saved_on, _ = models.unet_saved_activations(models.build_pair(checkpointed, device, "ours"), torch.float32)
+    saved_off, _ = models.unet_saved_activations(models.build_pair(size, device, "ours"), torch.float32)
     rows.append(row("switch:gradient_checkpointing, saved activations (theirs = ours, switch off)", device, "fp32",
                     "eager", saved_on / MIB, saved_off / MIB, "MiB"))  # fmt: skip
     return rows
@@ -308,7 +309,7 @@ def main() -> None:
     parser.add_argument("--size", choices=("small", "sd"), default="small")
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512], choices=(256, 512),
                         help="--size sd: image sizes (SD 1.x UNet, kl-f8 VAE)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions per side (median reported)")
     parser.add_argument("--iters", type=int, default=3, help="calls per repetition (sampling: 1)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per side first")

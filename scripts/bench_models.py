@@ -92,21 +92,29 @@ class Pair:
     inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def build_unets(size: BenchSize, seed: int = 0) -> tuple[UNet, UNet2DConditionModel]:
+def build_unets(size: BenchSize, seed: int = 0, device: torch.device | str = "cpu",
+                side: str = "both") -> tuple[UNet, UNet2DConditionModel | None]:  # fmt: skip
+    """Ours, and diffusers' with our weights (None for side "ours"). Built on `device` directly: initialising the
+    SD UNet on the host costs seconds per network, which every memory child process and switch row would pay."""
     torch.manual_seed(seed)
-    ours = UNet(**size.unet)
-    for module in ours.modules():  # LDM's zero init makes the output 0: PyTorch's init, so the check means something
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.any():
-            module.reset_parameters()
-    theirs = UNet2DConditionModel(**to_diffusers_config(ours.config))
+    with torch.device(device):
+        ours = UNet(**size.unet)
+        for module in ours.modules():  # LDM's zero init makes the output 0: PyTorch's init, so the check means something
+            if isinstance(module, (nn.Conv2d, nn.Linear)) and not module.weight.any():
+                module.reset_parameters()
+        if side == "ours":
+            return ours, None
+        theirs = UNet2DConditionModel(**to_diffusers_config(ours.config))
     theirs.load_state_dict(ours.state_dict(), strict=True)
     return ours, theirs
 
 
-def build_vaes(size: BenchSize, seed: int = 0) -> tuple[AutoencoderKL, DiffusersAutoencoderKL]:
+def build_vaes(size: BenchSize, seed: int = 0,
+               device: torch.device | str = "cpu") -> tuple[AutoencoderKL, DiffusersAutoencoderKL]:  # fmt: skip
     torch.manual_seed(seed)
-    theirs = DiffusersAutoencoderKL(**size.vae, sample_size=size.image_size, scaling_factor=1 / LATENT_STD)
-    ours = AutoencoderKL(**kwargs_from_diffusers_config(theirs.config))
+    with torch.device(device):
+        theirs = DiffusersAutoencoderKL(**size.vae, sample_size=size.image_size, scaling_factor=1 / LATENT_STD)
+        ours = AutoencoderKL(**kwargs_from_diffusers_config(theirs.config))
     state = from_diffusers_state_dict(theirs.state_dict())
     norm = {f"latent_norm.{k}": v for k, v in ours.latent_norm.state_dict().items()}
     ours.load_state_dict({**state, **norm}, strict=True)
@@ -116,9 +124,9 @@ def build_vaes(size: BenchSize, seed: int = 0) -> tuple[AutoencoderKL, Diffusers
 
 def build_pair(size: BenchSize, device: torch.device, side: str = "both") -> Pair:
     """Both sides, or only "ours" / "theirs" (the other side's networks are None)."""
-    unet, their_unet = build_unets(size)
-    vae, their_vae = build_vaes(size)
-    nets = [m.to(device) for m in (unet, their_unet, vae, their_vae)]
+    unet, their_unet = build_unets(size, device=device, side=side)
+    vae, their_vae = build_vaes(size, device=device)
+    nets = [unet, their_unet, vae, their_vae]
     if side != "both":
         drop = 1 if side == "ours" else 0
         nets[drop] = nets[drop + 2] = None
@@ -377,12 +385,16 @@ def saved_activation_bytes(net: nn.Module, forward: Callable[[], torch.Tensor]) 
     return sum(storages.values())
 
 
-def unet_saved_activations(pair: Pair, dtype: torch.dtype) -> tuple[int, int]:
-    """(ours, theirs): bytes saved for backward by one UNet forward of the training batch."""
+def unet_saved_activations(pair: Pair, dtype: torch.dtype) -> tuple[int, int | None]:
+    """(ours, theirs): bytes saved for backward by one UNet forward of the training batch (theirs None when the
+    pair holds only ours)."""
     x, t, ctx = pair.inputs["z"], pair.inputs["t"], pair.inputs["context"]
+    theirs = None
     with autocast(pair.device, dtype):
         ours = saved_activation_bytes(pair.unet, lambda: pair.unet(x, t, ctx))
-        theirs = saved_activation_bytes(pair.their_unet, lambda: pair.their_unet(x, t, encoder_hidden_states=ctx).sample)
+        if pair.their_unet is not None:
+            theirs = saved_activation_bytes(pair.their_unet,
+                                            lambda: pair.their_unet(x, t, encoder_hidden_states=ctx).sample)
     return ours, theirs
 
 

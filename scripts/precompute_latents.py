@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 
 from ldm_train.data.latent_writer import write_latent_cache
 from ldm_train.data.shardlist import expand_shards
+from ldm_train.speed import default_device
 from ldm_train.train import CONFIG_DIR
 
 log = logging.getLogger("precompute_latents")
@@ -50,13 +51,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--caption-key", default="txt", help='"txt" or "json:<field>", as data.caption_key')
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="default: this rank's accelerator (LOCAL_RANK), else the CPU")
     parser.add_argument("overrides", nargs="*", help="training overrides choosing first_stage and text_encoder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = args.device or default_device(int(os.environ.get("LOCAL_RANK", 0)))
     first_stage, text_encoder = networks(args.overrides)
     written = write_latent_cache(expand_shards(args.shards), args.out, first_stage, text_encoder, args.resolution,
-                                 args.batch_size, args.caption_key, args.rank, args.world_size, args.device)  # fmt: skip
+                                 args.batch_size, args.caption_key, args.rank, args.world_size, device)  # fmt: skip
     log.info("rank %d/%d wrote %d shards into %s", args.rank, args.world_size, len(written), args.out)
     return written
 

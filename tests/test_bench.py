@@ -39,8 +39,8 @@ def test_bench_writes_rows_with_ratios_oriented_ours_better_above_one(tmp_path):
         assert r["ours"] > 0
         if r["theirs"] is None:  # our full phase-1 loss: diffusers has none
             assert r["ratio"] is None
-        else:  # times: theirs / ours
-            assert r["unit"] in ("ms/step", "s/image")
+        else:  # times and memory: theirs / ours
+            assert r["unit"] in ("ms/step", "s/image", "MiB")
             assert r["ratio"] == pytest.approx(r["theirs"] / r["ours"])
     assert "unet_train_step" in result.stdout  # the printed table
 
@@ -89,7 +89,7 @@ def test_parts_select_groups_of_rows(tmp_path):
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     names = [r["name"] for r in json.loads(out.read_text())]
-    assert len(names) == 4 and all(n.startswith("tiny/switch:") for n in names)
+    assert len(names) == 5 and all(n.startswith("tiny/switch:") for n in names)  # 4 switches, checkpointing twice
 
 
 def test_saved_activations_count_what_autograd_keeps_for_backward():
@@ -111,6 +111,17 @@ def test_our_unet_saves_what_diffusers_saves_and_checkpointing_saves_most_of_it(
     checkpointed = bench_models.build_pair(dataclasses.replace(size, unet={**size.unet, "gradient_checkpointing": True}), cpu)
     saved_on, _ = bench_models.unet_saved_activations(checkpointed, torch.float32)
     assert saved_on < 0.25 * unet["ours"] * bench.MIB
+
+
+def test_mfu_is_flops_per_second_over_the_named_devices_bf16_peak(monkeypatch):
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda device: "NVIDIA H100 80GB HBM3")
+    cuda = torch.device("cuda")
+    (mfu,) = bench.mfu_rows(989e12 / 2, cuda, "bf16", "eager", t_ours=1.0, t_theirs=2.0)
+    assert mfu["name"] == "unet_train_mfu[NVIDIA H100 80GB HBM3]"
+    assert (mfu["ours"], mfu["theirs"], mfu["ratio"]) == pytest.approx((0.5, 0.25, 2.0))
+    assert bench.mfu_rows(1e12, cuda, "fp32", "eager", 1.0, 1.0) == []  # the peak is bf16's
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda device: "Some Unknown GPU")
+    assert bench.mfu_rows(1e12, cuda, "bf16", "eager", 1.0, 1.0) == []  # no peak known: not reported
 
 
 def test_flops_of_a_unet_step_are_about_three_forward_passes():
