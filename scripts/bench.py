@@ -118,10 +118,10 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
     ours, theirs = models.vae_plain_steps(pair, speed, dtype)
     t_ours, t_theirs = time_alternating(ours, theirs, device, args)
     rows.append(row("vae_train_step_plain", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
-    perceptual = perceptual_module()
+    perceptual, lpips_net = perceptual_module()
     full = models.vae_full_step(pair, speed, dtype, perceptual)
     t_full, _ = time_alternating(full, None, device, args)
-    name = "vae_train_step_full_phase1" + ("" if perceptual is not None else "_without_lpips")
+    name = "vae_train_step_full_phase1" + {"vgg": "", None: "_without_lpips"}.get(lpips_net, f"_lpips_{lpips_net}")
     rows.append(row(name, device, dtype_name, mode, 1e3 * t_full, None, "ms/step"))
     rows += phase2_rows(size, device, dtype_name, mode, speed, args)
     sample_args = argparse.Namespace(**{**vars(args), "iters": 1})
@@ -133,18 +133,19 @@ def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, m
 
 
 def phase2_rows(size, device, dtype_name, mode, speed, args) -> list[dict]:
-    """(d) whole phase-2 steps (fp32 only: phase 2's frozen VAE stays fp32): ours vs theirs on the fly, and
+    """(d) whole phase-2 steps, each side in its own mixed precision for bf16: ours vs theirs on the fly, and
     ours from the latent cache vs ours on the fly (the cache's gain), with Fashion-MNIST's ten repeated class
     captions and with a new caption per image. Needs a text encoder of the UNet's width. Compiled mode compiles
     both UNets; both VAE encoders stay eager (phase 2 compiles only the UNet)."""
     text_encoder = text_encoder_for(size)
-    if text_encoder is None or dtype_name != "fp32":
+    if text_encoder is None:
         return []
     rows = []
     for fresh, captions in ((False, "10 class captions"), (True, "a new caption per image")):
         pair = models.build_pair(size, device)
         compile_theirs(speed, pair.their_unet)  # ours: by phase2_steps, as LatentDiffusionModule runs it
-        ours_fly, theirs_fly, ours_cache = models.phase2_steps(pair, speed, text_encoder.to(device), fresh)
+        ours_fly, theirs_fly, ours_cache = models.phase2_steps(pair, speed, text_encoder.to(device), fresh,
+                                                               DTYPES[dtype_name])  # fmt: skip
         t_ours, t_theirs = time_alternating(ours_fly, theirs_fly, device, args)
         t_cache, t_fly = time_alternating(ours_cache, ours_fly, device, args)
         rows += [row(f"phase2_step_on_the_fly [{captions}]", device, dtype_name, mode, 1e3 * t_ours,
@@ -174,15 +175,19 @@ def text_encoder_for(size: models.BenchSize) -> torch.nn.Module | None:
     return None
 
 
-def perceptual_module() -> torch.nn.Module | None:
-    """LPIPS-VGG as phase 1 uses it; None (the row then says so) when its converted weights are not installed."""
+def perceptual_module() -> tuple[torch.nn.Module | None, str | None]:
+    """(LPIPS, its backbone): VGG as phase 1 uses it by default; AlexNet (the Fashion-MNIST recipe's) when only its
+    weights are installed (scripts/gpu_prepare.sh stages only AlexNet's); (None, None) when neither is. The row's
+    name says which."""
     from ldm_train.autoencoder.lpips import LPIPS
 
-    try:
-        return LPIPS(net="vgg")
-    except (FileNotFoundError, OSError) as err:
-        log.warning("LPIPS weights not found (%s): the full phase-1 row runs without LPIPS", err)
-        return None
+    for net in ("vgg", "alex"):
+        try:
+            return LPIPS(net=net), net
+        except (FileNotFoundError, OSError) as err:
+            log.warning("LPIPS-%s weights not found (%s)", net, err)
+    log.warning("the full phase-1 row runs without LPIPS")
+    return None, None
 
 
 def mfu_rows(flops, device, dtype_name, mode, t_ours, t_theirs) -> list[dict]:

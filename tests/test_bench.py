@@ -194,3 +194,33 @@ def test_phase2_rows_compile_both_unets_or_neither(mode, monkeypatch):
         compiled["vae"] = pair.vae.encoder._compiled_call_impl is not None  # AutoencoderKL.compile: its parts
         assert compiled == {"unet": mode == "compiled", "their_unet": mode == "compiled", "their_vae": False,
                             "vae": False}  # fmt: skip
+
+
+def test_phase2_steps_in_bf16_keep_our_frozen_vae_fp32_and_cast_theirs():
+    """Each side's mixed precision: ours autocasts around the step and encodes with the fp32 VAE; theirs
+    (train_text_to_image.py --mixed_precision=bf16) holds its frozen VAE in bf16. The trained UNets stay fp32."""
+    size, cpu = bench_models.TINY, torch.device("cpu")
+    pair = bench_models.build_pair(size, cpu)
+    steps = bench_models.phase2_steps(pair, bench.default_speed(cpu), CountingTextEncoder(size), False, torch.bfloat16)
+    for step in steps:
+        step()
+    assert {p.dtype for p in pair.vae.parameters()} == {torch.float32}
+    assert {p.dtype for p in pair.their_vae.parameters()} == {torch.bfloat16}
+    for unet in (pair.unet, pair.their_unet):
+        assert {p.dtype for p in unet.parameters()} == {torch.float32}
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in unet.parameters())
+
+
+def test_full_phase1_row_falls_back_to_lpips_alex_and_says_so(monkeypatch):
+    import ldm_train.autoencoder.lpips as lpips
+
+    class OnlyAlex(torch.nn.Module):
+        def __init__(self, net: str) -> None:
+            super().__init__()
+            if net != "alex":
+                raise FileNotFoundError(f"no converted LPIPS-{net} weights")
+            self.net = net
+
+    monkeypatch.setattr(lpips, "LPIPS", OnlyAlex)
+    module, net = bench.perceptual_module()
+    assert net == "alex" and module.net == "alex"
