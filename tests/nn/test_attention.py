@@ -62,3 +62,23 @@ def test_spatial_self_attention_matches_diffusers_vae_attention():
 
     x = torch.randn(2, channels, 5, 3)
     torch.testing.assert_close(ours(x), ref(x), atol=TOL, rtol=TOL)
+
+
+def test_every_unet_attention_runs_sdpa_without_a_mask(monkeypatch):
+    """README "SDPA attention": every attention of a UNet forward is F.scaled_dot_product_attention, called without
+    a mask (a mask would rule out the flash kernel)."""
+    from ldm_train.unet import UNet
+
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, **kwargs):
+        calls.append(attn_mask)
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    unet = UNet(model_channels=16, channel_mult=[1, 2], num_res_blocks=1, attention_levels=[1], num_heads=2,
+                norm_groups=8, context_dim=8)  # fmt: skip
+    attentions = [m for m in unet.modules() if isinstance(m, Attention)]
+    unet(torch.randn(2, 4, 8, 8), torch.tensor([1, 500]), torch.randn(2, 5, 8))
+    assert len(attentions) > 0 and calls == [None] * len(attentions)
