@@ -1,5 +1,6 @@
 """Speed switches shared by both phases and scripts/bench.py: memory format, torch.compile, the AdamW
-implementation, and keeping the frozen VAE in fp32 under autocast; and the device the commands pick by default.
+implementation, and keeping the frozen VAE in fp32 under autocast; the device the commands pick by default; and
+the activation memory of a forward pass (what gradient checkpointing saves; scripts/bench.py's exact memory rows).
 
 Each switch is a config flag (README "Speed switches"); tests/test_speed_switches.py checks that the loss
 after a few steps with and without it agrees within a stated tolerance.
@@ -7,10 +8,10 @@ after a few steps with and without it agrees within a stated tolerance.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import torch
 from torch import nn
@@ -19,6 +20,7 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 AdamWImplementation = Literal["auto", "fused", "foreach", "for_loop"]
 COMPILE_MODES = get_args(CompileMode)
 ADAMW_IMPLEMENTATIONS = get_args(AdamWImplementation)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -97,4 +99,27 @@ def default_device(local_rank: int = 0) -> torch.device:
     accelerator = torch.accelerator.current_accelerator(check_available=True)
     if accelerator is None:
         return torch.device("cpu")
-    return torch.device(accelerator.type, local_rank % torch.accelerator.device_count())
+    count = torch.accelerator.device_count()
+    if not 0 <= local_rank < count:  # two ranks on one device would run, slowly, or run out of memory
+        raise ValueError(f"local rank {local_rank} but this node has {count} {accelerator.type} device(s): start at "
+                         f"most {count} processes per node (torchrun --nproc-per-node), or pass --device")
+    return torch.device(accelerator.type, local_rank)
+
+
+def saved_activation_bytes(forward: Callable[[], T], parameters: Iterable[torch.Tensor] = ()) -> tuple[int, T]:
+    """(bytes autograd saves for backward while `forward()` runs, its output): the activation memory of a training
+    step, exact and independent of the allocator (torch.autograd.graph.saved_tensors_hooks sees every saved tensor;
+    a storage saved twice counts once; `parameters`, the network's, are left out; under autocast their bf16
+    copies count). A checkpointed block's own tensors go to torch.utils.checkpoint's hooks and do not count."""
+    excluded = {p.untyped_storage().data_ptr() for p in parameters}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = forward()  # returned: the saved tensors live as long as its graph
+    return sum(storages.values()), output

@@ -25,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import bench_models as models
 import torch
+from bench_table import format_table
 
 from ldm_train.files import atomic_write
 from ldm_train.speed import SpeedSettings, default_device, prepare_module
@@ -46,6 +47,7 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e1
 MINILM_DIM = 384  # MiniLM's context width
 CLIP_L = dict(hidden_size=768, num_layers=12, num_heads=12)  # CLIP ViT-L/14's text tower (SD 1.x's context)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+MFU_DTYPE = "bf16"  # the dtype of the peaks in PEAK_BF16_FLOPS: MFU is reported for its rows
 PARTS = ("timing", "memory", "switches")  # --parts: which groups of rows
 
 
@@ -94,54 +96,52 @@ def row(name, device, dtype, mode, ours, theirs, unit, higher_is_better: bool = 
             "unit": unit, "ratio": ratio}  # fmt: skip
 
 
-def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, mode: str, args) -> list[dict]:
+def timing_rows(size: models.BenchSize, device: torch.device, dtype_name: str, mode: str, args) -> Iterator[dict]:
+    """The timed rows of one dtype and mode, each yielded as soon as it is measured."""
     dtype = DTYPES[dtype_name]
     speed = default_speed(device)
     if mode == "compiled":
         speed = replace(speed, compile=True)
-    rows = []
     pair = models.build_pair(size, device)
     models.check_unets(pair)
     models.check_vaes(pair)
     ours_sample, their_sample = models.sampling_runs(pair, dtype)
     if dtype == torch.float32:  # bf16 trajectories drift apart by design; fp32 must agree
         models._assert_close("sampled images", ours_sample(), their_sample(), args.sample_atol)
-    # FLOPs counted on our eager UNet, before compilation (a compiled graph hides its ops from the counter).
-    flops = unet_step_flops(pair, dtype) if device.type == "cuda" else None
+    # MFU's FLOPs counted on our eager UNet, before compilation (a compiled graph hides its ops from the counter).
+    flops = unet_step_flops(pair, dtype) if device.type == "cuda" and dtype_name == MFU_DTYPE else None
     compile_theirs(speed, pair.their_unet, pair.their_vae)
     ours, theirs = models.unet_steps(pair, speed, dtype)
     t_ours, t_theirs = time_alternating(ours, theirs, device, args)
-    rows.append(row("unet_train_step", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
+    yield row("unet_train_step", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step")
     if device.type == "cuda":
         ips = size.unet_batch / t_ours, size.unet_batch / t_theirs
-        rows.append(row("unet_train_images_per_s", device, dtype_name, mode, *ips, "images/s", True))
-        rows += mfu_rows(flops, device, dtype_name, mode, t_ours, t_theirs)
+        yield row("unet_train_images_per_s", device, dtype_name, mode, *ips, "images/s", True)
+        yield from mfu_rows(flops, device, dtype_name, mode, t_ours, t_theirs) if flops is not None else ()
     ours, theirs = models.vae_plain_steps(pair, speed, dtype)
     t_ours, t_theirs = time_alternating(ours, theirs, device, args)
-    rows.append(row("vae_train_step_plain", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step"))
+    yield row("vae_train_step_plain", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs, "ms/step")
     perceptual, lpips_net = perceptual_module()
     full = models.vae_full_step(pair, speed, dtype, perceptual)
     t_full, _ = time_alternating(full, None, device, args)
     name = "vae_train_step_full_phase1" + {"vgg": "", None: "_without_lpips"}.get(lpips_net, f"_lpips_{lpips_net}")
-    rows.append(row(name, device, dtype_name, mode, 1e3 * t_full, None, "ms/step"))
-    rows += phase2_rows(size, device, dtype_name, mode, speed, args)
+    yield row(name, device, dtype_name, mode, 1e3 * t_full, None, "ms/step")
+    yield from phase2_rows(size, device, dtype_name, mode, speed, args)
     sample_args = argparse.Namespace(**{**vars(args), "iters": 1})
     t_ours, t_theirs = time_alternating(ours_sample, their_sample, device, sample_args)
     per_image = size.sample_batch
-    rows.append(row("sample_dpmpp2m_25_cfg", device, dtype_name, mode, t_ours / per_image, t_theirs / per_image,
-                    "s/image"))  # fmt: skip
-    return rows
+    yield row("sample_dpmpp2m_25_cfg", device, dtype_name, mode, t_ours / per_image, t_theirs / per_image,
+              "s/image")  # fmt: skip
 
 
-def phase2_rows(size, device, dtype_name, mode, speed, args) -> list[dict]:
+def phase2_rows(size, device, dtype_name, mode, speed, args) -> Iterator[dict]:
     """(d) whole phase-2 steps, each side in its own mixed precision for bf16: ours vs theirs on the fly, and
     ours from the latent cache vs ours on the fly (the cache's gain), with Fashion-MNIST's ten repeated class
     captions and with a new caption per image. Needs a text encoder of the UNet's width. Compiled mode compiles
     both UNets; both VAE encoders stay eager (phase 2 compiles only the UNet)."""
     text_encoder = text_encoder_for(size)
     if text_encoder is None:
-        return []
-    rows = []
+        return
     for fresh, captions in ((False, "10 class captions"), (True, "a new caption per image")):
         pair = models.build_pair(size, device)
         compile_theirs(speed, pair.their_unet)  # ours: by phase2_steps, as LatentDiffusionModule runs it
@@ -149,11 +149,10 @@ def phase2_rows(size, device, dtype_name, mode, speed, args) -> list[dict]:
                                                                DTYPES[dtype_name])  # fmt: skip
         t_ours, t_theirs = time_alternating(ours_fly, theirs_fly, device, args)
         t_cache, t_fly = time_alternating(ours_cache, ours_fly, device, args)
-        rows += [row(f"phase2_step_on_the_fly [{captions}]", device, dtype_name, mode, 1e3 * t_ours,
-                     1e3 * t_theirs, "ms/step"),
-                 row(f"phase2_step_cache [{captions}] (theirs = ours on the fly)", device, dtype_name, mode,
-                     1e3 * t_cache, 1e3 * t_fly, "ms/step")]  # fmt: skip
-    return rows
+        yield row(f"phase2_step_on_the_fly [{captions}]", device, dtype_name, mode, 1e3 * t_ours, 1e3 * t_theirs,
+                  "ms/step")  # fmt: skip
+        yield row(f"phase2_step_cache [{captions}] (theirs = ours on the fly)", device, dtype_name, mode,
+                  1e3 * t_cache, 1e3 * t_fly, "ms/step")  # fmt: skip
 
 
 def text_encoder_for(size: models.BenchSize) -> torch.nn.Module | None:
@@ -196,7 +195,7 @@ def mfu_rows(flops, device, dtype_name, mode, t_ours, t_theirs) -> list[dict]:
     few FLOPs left out), divided by time and the device's peak."""
     name = torch.cuda.get_device_name(device)
     peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
-    if peak is None or dtype_name != "bf16":
+    if peak is None or dtype_name != MFU_DTYPE:
         log.info("MFU: no bf16 peak for %r in PEAK_BF16_FLOPS (or not a bf16 row); not reported", name)
         return []
     log.info("MFU against %s's dense bf16 peak %.0f TFLOP/s; %.3g FLOP per step", name, peak / 1e12, flops)
@@ -291,17 +290,6 @@ def saved_activation_rows(size: models.BenchSize, device: torch.device, dtype_na
             for case, (ours, theirs) in (("unet_train_step", unet), ("vae_train_step_plain", vae))]  # fmt: skip
 
 
-def print_table(rows: list[dict]) -> None:
-    header = f"{'name':64} {'dev':4} {'dtype':5} {'mode':8} {'ours':>10} {'theirs':>10} {'unit':17} {'ratio':>6}"
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        theirs = "-" if r["theirs"] is None else f"{r['theirs']:10.4g}"
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:6.2f}"
-        lines.append(f"{r['name']:64} {r['device']:4} {r['dtype']:5} {r['mode']:8} {r['ours']:10.4g} "
-                     f"{theirs:>10} {r['unit']:17} {ratio:>6}")  # fmt: skip
-    print("\n".join(lines))
-
-
 def sizes_for(args) -> list[models.BenchSize]:
     if args.tiny:
         return [models.TINY]
@@ -324,8 +312,6 @@ def main() -> None:
                         help="default: fp32 and bf16 autocast on CUDA, fp32 on CPU (bf16 there: CPUs with bf16 units)")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="which rows: ours vs theirs timings, peak memory (child processes), switches on vs off")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
-    parser.add_argument("--no-switches", action="store_true", help="skip the switch on/off rows")
     parser.add_argument("--sample-atol", type=float, default=1e-3, help="image agreement required (fp32)")
     parser.add_argument("--tiny", action="store_true", help="a tiny configuration (tests/test_bench.py)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -338,7 +324,7 @@ def main() -> None:
         size = models.TINY if size_name == models.TINY.name else models.SIZES[size_name]
         print(json.dumps({"peak_bytes": memory_child(case, side, size, device, dtype_name)}))
         return
-    parts = set(args.parts) - {part for part, off in (("memory", args.no_memory), ("switches", args.no_switches)) if off}
+    parts = set(args.parts)
     dtypes = args.dtypes or ["fp32"] + (["bf16"] if device.type == "cuda" else [])
     modes = ["eager"] + (["compiled"] if args.compile else [])
     rows = []
@@ -351,12 +337,13 @@ def main() -> None:
         log.info("size %s on %s: %s", size.name, device, size)
         for dtype_name in dtypes:
             for mode in modes if "timing" in parts else []:
-                add(size, timing_rows(size, device, dtype_name, mode, args))
+                for timed in timing_rows(size, device, dtype_name, mode, args):
+                    add(size, [timed])
             if "memory" in parts:
                 add(size, memory_rows(size, device, dtype_name) + saved_activation_rows(size, device, dtype_name))
         if "switches" in parts:
             add(size, switch_rows(size, device, args))
-    print_table(rows)
+    print(format_table(rows))
     log.info("wrote %s", args.output)
 
 

@@ -24,7 +24,7 @@ from ldm_train.autoencoder.layouts import from_diffusers_state_dict, kwargs_from
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.sampling.pipeline import GuidedSampler
 from ldm_train.sampling.seeds import PerImageNoise
-from ldm_train.speed import SpeedSettings, build_adamw, prepare_module
+from ldm_train.speed import SpeedSettings, build_adamw, prepare_module, saved_activation_bytes
 from ldm_train.unet import UNet, to_diffusers_config
 
 LR = 1e-4  # AdamW learning rate of every timed step (its value does not change the cost)
@@ -379,35 +379,16 @@ def phase2_steps(pair: Pair, speed: SpeedSettings, text_encoder: nn.Module, fres
 
 
 # -- (e) activation memory: what autograd keeps for backward --------------------------------------------------
-def saved_activation_bytes(net: nn.Module, forward: Callable[[], torch.Tensor]) -> int:
-    """Bytes autograd saves for backward during `forward()`, the network's parameters left out: the activation
-    memory of a training step, exact and independent of the allocator (torch.autograd.graph.saved_tensors_hooks
-    sees every saved tensor; a storage saved twice counts once). Under autocast the bf16 weight copies count."""
-    parameters = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        output = forward()  # held until counted: the saved tensors live as long as its graph
-    del output
-    return sum(storages.values())
-
-
 def unet_saved_activations(pair: Pair, dtype: torch.dtype) -> tuple[int, int | None]:
     """(ours, theirs): bytes saved for backward by one UNet forward of the training batch (theirs None when the
     pair holds only ours)."""
     x, t, ctx = pair.inputs["z"], pair.inputs["t"], pair.inputs["context"]
     theirs = None
     with autocast(pair.device, dtype):
-        ours = saved_activation_bytes(pair.unet, lambda: pair.unet(x, t, ctx))
+        ours, _ = saved_activation_bytes(lambda: pair.unet(x, t, ctx), pair.unet.parameters())
         if pair.their_unet is not None:
-            theirs = saved_activation_bytes(pair.their_unet,
-                                            lambda: pair.their_unet(x, t, encoder_hidden_states=ctx).sample)
+            theirs, _ = saved_activation_bytes(lambda: pair.their_unet(x, t, encoder_hidden_states=ctx).sample,
+                                               pair.their_unet.parameters())  # fmt: skip
     return ours, theirs
 
 
@@ -419,4 +400,5 @@ def vae_saved_activations(pair: Pair, dtype: torch.dtype) -> tuple[int, int]:
         return pair.their_vae.decode(pair.their_vae.encode(x).latent_dist.sample()).sample
 
     with autocast(pair.device, dtype):
-        return saved_activation_bytes(pair.vae, lambda: pair.vae(x)[0]), saved_activation_bytes(pair.their_vae, theirs)
+        ours, _ = saved_activation_bytes(lambda: pair.vae(x)[0], pair.vae.parameters())
+        return ours, saved_activation_bytes(theirs, pair.their_vae.parameters())[0]

@@ -14,8 +14,8 @@
 # The machine has no network and an image with torch, lightning, transformers, torchmetrics but not our other
 # dependencies: those come from .gpu/whl, installed into a folder of their own. The phase-2 text encoder is
 # clip_tiny (CLIP's real tokenizer, random weights: the GPU check measures function and speed, not quality).
-# Each part runs under its own time limit (50 + 75 + 75 + 40 + 140 + 100 + 60 s, after about 40 s of setup); the
-# summary says which passed and the exit status is the number that failed. bench.py --compile is left out (compiling the SD UNet alone
+# Each part runs under its own time limit (50 + 75 + 75 + 40 + 140 + 100 + 60 s, after about 40 s of setup), cut
+# to a deadline 570 s after the start; the summary says which passed and the exit status is the number that failed. bench.py --compile is left out (compiling the SD UNet alone
 # takes minutes; compile is checked by the GPU tests and both phases).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,7 @@ DRY_RUN=${DRY_RUN:-0}
 SCALE=1  # time limits × SCALE (a dry run compiles on a CPU)
 WORK=${WORK:-$OUT/work}
 mkdir -p "$OUT" "$WORK"
+rm -rf "$OUT/parts.txt" "$WORK/phase1" "$WORK/phase2" "$WORK/fsdp"  # fresh runs (resume=auto would continue old ones)
 OUT=$(cd "$OUT" && pwd)
 WORK=$(cd "$WORK" && pwd)
 if [ -d .venv ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
@@ -54,32 +55,41 @@ if [ "$DRY_RUN" = 1 ]; then
   SCALE=8
   TRAINER=(trainer=default trainer.accelerator=cpu)
   BENCH=(--tiny --device cpu --reps 1 --iters 1 --warmup 0)
+  TIMING_DTYPES=()
   MEMORY_DTYPE=fp32
 else
   STEPS=${STEPS:-200}
   TRAINER=(trainer=gpu)
   BENCH=(--size sd --resolutions 256 --reps 3 --iters 2)
+  TIMING_DTYPES=(--dtypes bf16 fp32)  # bf16 first: images/s, MFU and the bf16 phase-2 rows are the GPU's figures
   MEMORY_DTYPE=bf16
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
 declare -A STATUS
 PARTS=(tests phase1 phase2 fsdp bench bench_memory bench_switches)
-SECONDS=0
+DEADLINE=${DEADLINE:-570}  # s from the start (× SCALE): a device call ends at 600 s and takes OUT as it is then
+RESERVE=15  # s kept for the summary
 
-part() {  # part NAME TIMEOUT_S COMMAND...: run with a time limit, log to $OUT/NAME.log
-  local name=$1 limit=$2
+part() {  # part NAME TIMEOUT_S COMMAND...: run with a time limit (cut to the deadline), log to $OUT/NAME.log
+  local name=$1 limit=$(($2 * SCALE)) left=$((DEADLINE * SCALE - RESERVE - SECONDS))
   shift 2
+  ((left < limit)) && limit=$left
+  if ((limit <= 0)); then
+    STATUS[$name]="rc=124 not started (the ${DEADLINE}-s deadline)"
+    echo "[$name] not started: the ${DEADLINE}-s deadline" | tee -a "$OUT/parts.txt"
+    return
+  fi
   local start=$SECONDS
-  timeout "$((limit * SCALE))" "$@" >"$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   STATUS[$name]="rc=$rc $((SECONDS - start))s"
-  echo "[$name] rc=$rc in $((SECONDS - start)) s (log: $OUT/$name.log)"
+  echo "[$name] rc=$rc in $((SECONDS - start)) s (limit $limit s; log: $OUT/$name.log)" | tee -a "$OUT/parts.txt"
 }
 
 skip_on_cpu() {  # skip_on_cpu NAME WHY: in a dry run, mark NAME skipped (status 0) and return 0
   [ "$DRY_RUN" = 1 ] || return 1
   STATUS[$1]="rc=0 skipped on the CPU: $2"
-  echo "[$1] skipped on the CPU: $2"
+  echo "[$1] skipped on the CPU: $2" | tee -a "$OUT/parts.txt"
 }
 
 part tests 50 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_speed_switches.py
@@ -95,7 +105,7 @@ skip_on_cpu fsdp "FSDP needs an accelerator" || part fsdp 40 "$PY" train.py stag
   evaluation=none logger=csv "paths.data_dir=$DATA" "${SOURCE[@]}" trainer.max_steps=1 \
   trainer.limit_val_batches=0 "first_stage.ckpt=$WORK/phase1" "hydra.run.dir=$WORK/fsdp"
 # Three bench runs, each with its own output, so a time limit costs only its own rows.
-part bench 140 "$PY" scripts/bench.py "${BENCH[@]}" --parts timing --output "$OUT/bench.json"
+part bench 140 "$PY" scripts/bench.py "${BENCH[@]}" --parts timing "${TIMING_DTYPES[@]}" --output "$OUT/bench.json"
 part bench_memory 100 "$PY" scripts/bench.py "${BENCH[@]}" --parts memory --dtypes "$MEMORY_DTYPE" \
   --output "$OUT/bench_memory.json"
 part bench_switches 60 "$PY" scripts/bench.py "${BENCH[@]}" --parts switches --output "$OUT/bench_switches.json"
@@ -111,10 +121,8 @@ summary() {
       "$(tail -n 1 "$csv")"
   done
   tail -n 2 "$OUT/tests.log"
-  for name in bench bench_memory bench_switches; do  # the rows written, also those of a part cut by its limit
-    [ -s "$OUT/$name.json" ] && PYTHONPATH="scripts:$PYTHONPATH" "$PY" -c \
-      "import bench, json, sys; bench.print_table(json.load(open(sys.argv[1])))" "$OUT/$name.json"
-  done
+  # The rows written, also those of a part cut by its limit (bench.py saves each row as it is measured).
+  "$PY" scripts/bench_table.py $(ls "$OUT"/bench*.json 2>/dev/null)
 }
 echo
 summary | tee "$OUT/summary.txt"

@@ -17,6 +17,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 import bench  # noqa: E402
 import bench_models  # noqa: E402
 
+from ldm_train.speed import saved_activation_bytes  # noqa: E402
+
 KEYS = {"name", "device", "dtype", "mode", "ours", "theirs", "unit", "ratio"}
 ADAM_STATES = 2  # exp_avg and exp_avg_sq per parameter
 
@@ -24,7 +26,7 @@ ADAM_STATES = 2  # exp_avg and exp_avg_sq per parameter
 def test_bench_writes_rows_with_ratios_oriented_ours_better_above_one(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(REPO / "scripts" / "bench.py"), "--tiny", "--reps", "1", "--iters", "1",
-           "--warmup", "0", "--no-memory", "--device", "cpu", "--output", str(out)]  # fmt: skip
+           "--warmup", "0", "--parts", "timing", "switches", "--device", "cpu", "--output", str(out)]  # fmt: skip
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(out.read_text())
@@ -97,9 +99,13 @@ def test_saved_activations_count_what_autograd_keeps_for_backward():
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
     x = torch.randn(16, 4)
     # Linear saves its input (16×4 fp32; its weight is a parameter, left out), ReLU its output (16×8 fp32).
-    assert bench_models.saved_activation_bytes(net, lambda: net(x)) == (16 * 4 + 16 * 8) * 4
+    saved, out = saved_activation_bytes(lambda: net(x), net.parameters())
+    assert saved == (16 * 4 + 16 * 8) * 4 and out.shape == (16, 8)
+    x.requires_grad_()  # now Linear saves its weight too (for the input's gradient): counted only if not left out
+    assert saved_activation_bytes(lambda: net(x), net.parameters())[0] == saved
+    assert saved_activation_bytes(lambda: net(x))[0] == saved + 8 * 4 * 4
     with torch.no_grad():
-        assert bench_models.saved_activation_bytes(net, lambda: net(x)) == 0
+        assert saved_activation_bytes(lambda: net(x), net.parameters())[0] == 0
 
 
 def test_our_unet_saves_what_diffusers_saves_and_checkpointing_saves_most_of_it():
@@ -186,7 +192,7 @@ def test_phase2_rows_compile_both_unets_or_neither(mode, monkeypatch):
     monkeypatch.setattr(bench_models, "phase2_steps", lambda pair, *args: pairs.append(pair) or steps(pair, *args))
     monkeypatch.setattr(bench, "text_encoder_for", CountingTextEncoder)
     monkeypatch.setattr(bench, "time_alternating", lambda ours, theirs, device, args: (1.0, 1.0))
-    rows = bench.phase2_rows(bench_models.TINY, cpu, "fp32", mode, speed, args=None)
+    rows = list(bench.phase2_rows(bench_models.TINY, cpu, "fp32", mode, speed, args=None))
     assert len(rows) == 4 and {r["mode"] for r in rows} == {mode} and len(pairs) == 2
     for pair in pairs:
         compiled = {net: getattr(pair, net)._compiled_call_impl is not None

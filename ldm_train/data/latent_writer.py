@@ -86,7 +86,9 @@ def _manifest(out_dir: Path, sources: list[str], names: list[str], first_stage: 
     path = out_dir / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())
-        changed = [k for k in ("vae_hash", "text_encoder_hash", "resolution", "sources") if old.get(k) != manifest[k]]
+        # "shards": a cache begun before shard names were made unique may name two shards alike.
+        keys = ("vae_hash", "text_encoder_hash", "resolution", "sources", "shards")
+        changed = [k for k in keys if old.get(k) != manifest[k]]
         if changed:
             raise ValueError(
                 f"{out_dir} holds a latent cache made with other {', '.join(changed)} "

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ RESOLUTION = 32
 NUM_SHARDS, PER_SHARD = 4, 3
 TOL = 1e-5
 WORLD = 2  # ranks of the multi-process precompute
+RANK_TIMEOUT = timedelta(seconds=120)  # gloo rendezvous and barrier of those ranks
 BATCH = 2  # the precompute's batch size: PER_SHARD = 3 samples make two batches per shard
 BATCHES_PER_SHARD = -(-PER_SHARD // BATCH)
 
@@ -230,7 +232,8 @@ def _precompute_rank(rank: int, port: int, sources: list[str], out: str, text_en
     every shard it encodes in `records`/rank<r>.json."""
     torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # A rank that dies early fails the other's barrier after RANK_TIMEOUT instead of hanging the suite.
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=RANK_TIMEOUT)
     real, encoded = latent_writer._write_shard, []
 
     def recorded(source, target, *args):
@@ -315,3 +318,13 @@ def test_train_py_trains_phase_2_from_the_cache_and_refuses_another_vae(sources,
     assert losses and all(np.isfinite(losses))
     result = run_train([*args, f"first_stage.ckpt={exports[1]}", f"hydra.run.dir={tmp_path / 'other'}"], tmp_path)
     assert result.returncode != 0 and "made with another VAE" in result.stderr
+
+
+def test_a_cache_begun_with_other_shard_names_is_refused(tmp_path):
+    """A cache folder whose manifest names its shards otherwise (e.g. begun before names were made unique, when two
+    sources could share one) is refused, not resumed under names its manifest does not list."""
+    vae, text = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    sources = ["a/shard-000000.tar", "b/shard-000000.tar"]
+    latent_writer._manifest(tmp_path, sources, ["shard-000000.tar", "shard-000000.tar"], vae, text, 32)
+    with pytest.raises(ValueError, match="made with other shards"):
+        latent_writer._manifest(tmp_path, sources, latent_writer.cache_shard_names(sources), vae, text, 32)
