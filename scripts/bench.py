@@ -221,20 +221,20 @@ def switch_rows(size: models.BenchSize, device: torch.device, args) -> list[dict
                 "adamw_foreach": replace(base, adamw="foreach")}  # fmt: skip
     rows = []
     for switch, speed in switches.items():
-        on, off = models.build_pair(size, device, "ours"), models.build_pair(size, device, "ours")
+        on, off = models.build_ours(size, device), models.build_ours(size, device)
         step_on, _ = models.unet_steps(on, speed, torch.float32)
         step_off, _ = models.unet_steps(off, base, torch.float32)
         t_on, t_off = time_alternating(step_on, step_off, device, args)
         rows.append(row(f"switch:{switch} (theirs = ours, switch off)", device, "fp32", "eager",
                         1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
     checkpointed = replace(size, unet={**size.unet, "gradient_checkpointing": True})
-    step_on, _ = models.unet_steps(models.build_pair(checkpointed, device, "ours"), base, torch.float32)
-    step_off, _ = models.unet_steps(models.build_pair(size, device, "ours"), base, torch.float32)
+    step_on, _ = models.unet_steps(models.build_ours(checkpointed, device), base, torch.float32)
+    step_off, _ = models.unet_steps(models.build_ours(size, device), base, torch.float32)
     t_on, t_off = time_alternating(step_on, step_off, device, args)
     rows.append(row("switch:gradient_checkpointing (theirs = ours, switch off)", device, "fp32", "eager",
                     1e3 * t_on, 1e3 * t_off, "ms/step"))  # fmt: skip
-    saved_on, _ = models.unet_saved_activations(models.build_pair(checkpointed, device, "ours"), torch.float32)
-    saved_off, _ = models.unet_saved_activations(models.build_pair(size, device, "ours"), torch.float32)
+    saved_on, _ = models.unet_saved_activations(models.build_ours(checkpointed, device), torch.float32)
+    saved_off, _ = models.unet_saved_activations(models.build_ours(size, device), torch.float32)
     rows.append(row("switch:gradient_checkpointing, saved activations (theirs = ours, switch off)", device, "fp32",
                     "eager", saved_on / MIB, saved_off / MIB, "MiB"))  # fmt: skip
     return rows

@@ -124,14 +124,27 @@ def build_vaes(size: BenchSize, seed: int = 0,
 
 
 def build_pair(size: BenchSize, device: torch.device, side: str = "both") -> Pair:
-    """Both sides, or only "ours" / "theirs" (the other side's networks are None)."""
-    unet, their_unet = build_unets(size, device=device, side=side)
+    """Both sides, or only "ours" / "theirs" kept (the other side's networks are None). Both are always built
+    (ours gives theirs its weights), so a memory child process of either side holds the same freed memory."""
+    unet, their_unet = build_unets(size, device=device)
     vae, their_vae = build_vaes(size, device=device)
     nets = [unet, their_unet, vae, their_vae]
     if side != "both":
         drop = 1 if side == "ours" else 0
         nets[drop] = nets[drop + 2] = None
-    pair = Pair(size, device, *nets)
+    return _with_inputs(Pair(size, device, *nets))
+
+
+def build_ours(size: BenchSize, device: torch.device) -> Pair:
+    """Our networks only, diffusers' UNet never built: the switch rows, which time ours against ours."""
+    unet, _ = build_unets(size, device=device, side="ours")
+    vae, _ = build_vaes(size, device=device)
+    return _with_inputs(Pair(size, device, unet, None, vae, None))
+
+
+def _with_inputs(pair: Pair) -> Pair:
+    """The benchmark batch of `pair.size` (seeded) on `pair.device`."""
+    size = pair.size
     g = torch.Generator().manual_seed(1)
     latent = (size.unet_batch, LATENT_CHANNELS, size.latent_size, size.latent_size)
     pair.inputs = {
@@ -141,7 +154,7 @@ def build_pair(size: BenchSize, device: torch.device, side: str = "both") -> Pai
         "context": torch.randn(size.unet_batch, size.context_tokens, size.unet["context_dim"], generator=g),
         "image": torch.rand(size.vae_batch, 3, size.image_size, size.image_size, generator=g) * 2 - 1,
     }
-    pair.inputs = {k: v.to(device) for k, v in pair.inputs.items()}
+    pair.inputs = {k: v.to(pair.device) for k, v in pair.inputs.items()}
     return pair
 
 
