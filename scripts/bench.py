@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import bench_models as models
+import bench_phase2 as phase2
 import torch
 from bench_table import format_table
 
@@ -145,7 +146,7 @@ def phase2_rows(size, device, dtype_name, mode, speed, args) -> Iterator[dict]:
     for fresh, captions in ((False, "10 class captions"), (True, "a new caption per image")):
         pair = models.build_pair(size, device)
         compile_theirs(speed, pair.their_unet)  # ours: by phase2_steps, as LatentDiffusionModule runs it
-        ours_fly, theirs_fly, ours_cache = models.phase2_steps(pair, speed, text_encoder.to(device), fresh,
+        ours_fly, theirs_fly, ours_cache = phase2.phase2_steps(pair, speed, text_encoder.to(device), fresh,
                                                                DTYPES[dtype_name])  # fmt: skip
         t_ours, t_theirs = time_alternating(ours_fly, theirs_fly, device, args)
         t_cache, t_fly = time_alternating(ours_cache, ours_fly, device, args)

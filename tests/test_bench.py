@@ -16,6 +16,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import bench  # noqa: E402
 import bench_models  # noqa: E402
+import bench_phase2  # noqa: E402
 
 from ldm_train.speed import saved_activation_bytes  # noqa: E402
 
@@ -161,7 +162,7 @@ def test_phase2_rows_encode_text_per_step_only_with_fresh_captions(fresh):
     torch.manual_seed(0)  # caption dropout draws: a fixed run
     size, steps = bench_models.TINY, 5
     encoder = CountingTextEncoder(size)
-    ours_fly, theirs_fly, ours_cache = bench_models.phase2_steps(
+    ours_fly, theirs_fly, ours_cache = bench_phase2.phase2_steps(
         bench_models.build_pair(size, torch.device("cpu")), bench.default_speed(torch.device("cpu")), encoder, fresh
     )
     precomputed = len(encoder.encoded)  # the cache batch's contexts, made once
@@ -172,7 +173,7 @@ def test_phase2_rows_encode_text_per_step_only_with_fresh_captions(fresh):
     if fresh:
         assert len(encoded) >= (steps - 1) * size.unet_batch  # every step's captions, but for a dropped few
     else:
-        assert set(encoded) <= set(bench_models.CAPTIONS) and len(encoded) <= size.unet_batch
+        assert set(encoded) <= set(bench_phase2.CAPTIONS) and len(encoded) <= size.unet_batch
     seen = len(encoder.encoded)
     ours_cache()  # the cache holds the contexts: at most the empty prompt of dropped captions is encoded
     assert set(encoder.encoded[seen:]) <= {""}
@@ -188,8 +189,8 @@ def test_phase2_rows_compile_both_unets_or_neither(mode, monkeypatch):
     cpu = torch.device("cpu")
     speed = replace(bench.default_speed(cpu), compile=mode == "compiled")
     pairs = []
-    steps = bench_models.phase2_steps
-    monkeypatch.setattr(bench_models, "phase2_steps", lambda pair, *args: pairs.append(pair) or steps(pair, *args))
+    steps = bench_phase2.phase2_steps
+    monkeypatch.setattr(bench_phase2, "phase2_steps", lambda pair, *args: pairs.append(pair) or steps(pair, *args))
     monkeypatch.setattr(bench, "text_encoder_for", CountingTextEncoder)
     monkeypatch.setattr(bench, "time_alternating", lambda ours, theirs, device, args: (1.0, 1.0))
     rows = list(bench.phase2_rows(bench_models.TINY, cpu, "fp32", mode, speed, args=None))
@@ -207,7 +208,7 @@ def test_phase2_steps_in_bf16_keep_our_frozen_vae_fp32_and_cast_theirs():
     (train_text_to_image.py --mixed_precision=bf16) holds its frozen VAE in bf16. The trained UNets stay fp32."""
     size, cpu = bench_models.TINY, torch.device("cpu")
     pair = bench_models.build_pair(size, cpu)
-    steps = bench_models.phase2_steps(pair, bench.default_speed(cpu), CountingTextEncoder(size), False, torch.bfloat16)
+    steps = bench_phase2.phase2_steps(pair, bench.default_speed(cpu), CountingTextEncoder(size), False, torch.bfloat16)
     for step in steps:
         step()
     assert {p.dtype for p in pair.vae.parameters()} == {torch.float32}
