@@ -74,14 +74,8 @@ def adamw_options(implementation: AdamWImplementation) -> dict[str, bool | None]
 def build_adamw(
     params: Iterable[nn.Parameter], lr: float, settings: SpeedSettings, **kwargs
 ) -> torch.optim.AdamW:
+    """AdamW with `settings.adamw`'s implementation (the configs set `fused` on torch.optim.AdamW directly)."""
     return torch.optim.AdamW(list(params), lr=lr, **adamw_options(settings.adamw), **kwargs)
-
-
-def adamw(params: Iterable[nn.Parameter], implementation: AdamWImplementation = "auto", **kwargs) -> torch.optim.AdamW:
-    """AdamW with a chosen implementation: the optimizer factory of configs/optim/*.yaml."""
-    if implementation not in ADAMW_IMPLEMENTATIONS:
-        raise ValueError(f"AdamW implementation {implementation!r}: use one of {', '.join(ADAMW_IMPLEMENTATIONS)}")
-    return torch.optim.AdamW(list(params), **adamw_options(implementation), **kwargs)
 
 
 def full_precision(device_type: str):

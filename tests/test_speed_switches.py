@@ -22,7 +22,7 @@ from ldm_train.diffusion.objective import DiffusionObjective
 from ldm_train.diffusion.schedules import NoiseSchedule
 from ldm_train.lit.autoencoder import AutoencoderModule
 from ldm_train.lit.latent_diffusion import LatentDiffusionModule
-from ldm_train.speed import adamw, full_precision, saved_activation_bytes
+from ldm_train.speed import SpeedSettings, build_adamw, full_precision, saved_activation_bytes
 from ldm_train.unet import UNet
 from tests.helpers import compose_config
 
@@ -66,7 +66,7 @@ def make_module(text_encoder, optimizer="for_loop", gradient_checkpointing=False
     unet = tiny_unet(gradient_checkpointing)
     vae = tiny_vae()
     return LatentDiffusionModule(unet, vae, text_encoder, DiffusionObjective(NoiseSchedule.scaled_linear()),
-                                 optimizer=functools.partial(adamw, implementation=optimizer, lr=LR),
+                                 optimizer=functools.partial(build_adamw, lr=LR, settings=SpeedSettings(adamw=optimizer)),
                                  cond_drop_prob=0.0, ema_decay=None, **switches)  # fmt: skip
 
 
@@ -292,8 +292,9 @@ def test_gradient_norm_is_computed_once_and_clips_as_lightning_does(text_encoder
 def phase1_module(channels_last: bool = False, gradient_checkpointing: bool = False) -> AutoencoderModule:
     torch.manual_seed(0)
     loss = AutoencoderLoss(NLayerDiscriminator(ndf=8, n_layers=2), None, perceptual_weight=0.0, disc_start=0)
-    return AutoencoderModule(tiny_vae(gradient_checkpointing), loss, functools.partial(adamw, lr=LR),
-                             functools.partial(adamw, lr=LR), channels_last=channels_last).train()  # fmt: skip
+    optimizer = functools.partial(build_adamw, lr=LR, settings=SpeedSettings())
+    return AutoencoderModule(tiny_vae(gradient_checkpointing), loss, optimizer, optimizer,
+                             channels_last=channels_last).train()  # fmt: skip
 
 
 def phase1_losses(module: AutoencoderModule) -> list[float]:
